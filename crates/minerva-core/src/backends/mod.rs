@@ -1,0 +1,3 @@
+//! Kernels, one folder per device. Only ops code calls into here.
+
+pub mod cpu;
