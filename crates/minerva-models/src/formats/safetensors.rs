@@ -1,0 +1,1 @@
+//! Safetensors reader: one file or a sharded `model.safetensors.index.json`.
