@@ -1,7 +1,14 @@
 //! Minerva core: the `Array` type, the ops API that model code calls, and the backends that
 //! implement the ops.
+//!
+//! Model code only calls [`ops`]; the backends under [`backends`] hold the kernels.
 
+pub mod array;
 pub mod backends;
 pub mod dtype;
+pub mod error;
+pub mod ops;
 
+pub use array::{Array, Device};
 pub use dtype::DType;
+pub use error::{Error, Result};

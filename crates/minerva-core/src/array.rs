@@ -1,0 +1,336 @@
+//! `Array`: a typed, shaped view of a buffer on a device.
+//!
+//! Storage is shared (`Arc`) and either owned host memory or a read-only range of a mapped
+//! checkpoint, so loading a model copies nothing. Arrays are immutable once shared; the few
+//! in-place writes (KV cache appends) go through [`Array::host_bytes_mut`], which copies on
+//! write when the storage is shared.
+
+use std::fmt;
+use std::sync::Arc;
+
+use half::{bf16, f16};
+
+use crate::{DType, Error, Result};
+
+/// Where an array's data lives. Only the CPU exists today; CUDA and Metal come later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+}
+
+/// 64-byte aligned chunk, so host buffers suit any SIMD load.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Chunk([u8; 64]);
+
+/// The bytes behind an array.
+enum Storage {
+    /// Owned, 64-byte aligned host memory of `len` bytes.
+    Host { chunks: Vec<Chunk>, len: usize },
+    /// A byte range of a read-only file mapping (a checkpoint tensor).
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Storage {
+    fn host_zeroed(len: usize) -> Storage {
+        Storage::Host {
+            chunks: vec![Chunk([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Host { chunks, len } => {
+                // SAFETY: `Chunk` is a plain 64-byte array with no padding, so the vector's
+                // memory is `chunks.len() * 64` initialized bytes and `len` never exceeds that.
+                unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), *len) }
+            }
+            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
+    }
+
+    fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Storage::Host { chunks, len } => {
+                // SAFETY: as in `bytes`; the `&mut self` borrow makes the access exclusive.
+                Some(unsafe {
+                    std::slice::from_raw_parts_mut(chunks.as_mut_ptr().cast::<u8>(), *len)
+                })
+            }
+            Storage::Mapped { .. } => None,
+        }
+    }
+}
+
+/// A dense row-major array (or a block-quantized matrix) on a device.
+#[derive(Clone)]
+pub struct Array {
+    storage: Arc<Storage>,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Array {
+    /// A zero-filled array.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Result<Array> {
+        let len = byte_len(dtype, shape)?;
+        Ok(Array {
+            storage: Arc::new(Storage::host_zeroed(len)),
+            dtype,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// An f32 array that takes the values of `data`.
+    pub fn from_f32(data: &[f32], shape: &[usize]) -> Result<Array> {
+        Self::from_pod(DType::F32, data, shape)
+    }
+
+    /// An i32 array (token ids, positions).
+    pub fn from_i32(data: &[i32], shape: &[usize]) -> Result<Array> {
+        Self::from_pod(DType::I32, data, shape)
+    }
+
+    fn from_pod<T: bytemuck::Pod>(dtype: DType, data: &[T], shape: &[usize]) -> Result<Array> {
+        let mut array = Array::zeros(dtype, shape)?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let dst = array.host_bytes_mut()?;
+        if bytes.len() != dst.len() {
+            return Err(Error::Shape(format!(
+                "{} values do not fill shape {shape:?}",
+                data.len()
+            )));
+        }
+        dst.copy_from_slice(bytes);
+        Ok(array)
+    }
+
+    /// An array whose data is `len` bytes of a file mapping starting at `offset` (zero-copy).
+    pub fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Array> {
+        let len = byte_len(dtype, shape)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= map.len())
+            .ok_or_else(|| {
+                Error::Shape(format!(
+                    "mapped range {offset}+{len} exceeds the mapping ({} bytes)",
+                    map.len()
+                ))
+            })?;
+        debug_assert!(end <= map.len());
+        Ok(Array {
+            storage: Arc::new(Storage::Mapped { map, offset, len }),
+            dtype,
+            shape: shape.to_vec(),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// Number of logical elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of axis `axis` (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> usize {
+        let rank = self.shape.len() as isize;
+        let axis = if axis < 0 { rank + axis } else { axis };
+        self.shape[axis as usize]
+    }
+
+    /// The same data with another shape of equal element count (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Array> {
+        let numel: usize = shape.iter().product();
+        if numel != self.numel() {
+            return Err(Error::Shape(format!(
+                "cannot reshape {:?} to {shape:?}",
+                self.shape
+            )));
+        }
+        if self.dtype.is_quantized() && shape.last() != self.shape.last() {
+            return Err(Error::Shape(format!(
+                "a {} array keeps its last axis when reshaped ({:?} to {shape:?})",
+                self.dtype, self.shape
+            )));
+        }
+        Ok(Array {
+            storage: Arc::clone(&self.storage),
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Raw bytes of the array (host memory).
+    pub fn host_bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
+    /// Mutable raw bytes; copies the storage first when it is shared or mapped.
+    pub fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
+        if Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
+            let bytes = self.storage.bytes();
+            let mut fresh = Storage::host_zeroed(bytes.len());
+            fresh
+                .bytes_mut()
+                .expect("host storage is writable")
+                .copy_from_slice(bytes);
+            self.storage = Arc::new(fresh);
+        }
+        let storage = Arc::get_mut(&mut self.storage).expect("storage was just made unique");
+        Ok(storage.bytes_mut().expect("host storage is writable"))
+    }
+
+    /// The values as an f32 slice; the array must be f32.
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        self.expect_dtype(DType::F32)?;
+        Ok(bytemuck::cast_slice(self.host_bytes()))
+    }
+
+    /// Mutable f32 values (copy on write).
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        self.expect_dtype(DType::F32)?;
+        Ok(bytemuck::cast_slice_mut(self.host_bytes_mut()?))
+    }
+
+    pub fn as_i32(&self) -> Result<&[i32]> {
+        self.expect_dtype(DType::I32)?;
+        Ok(bytemuck::cast_slice(self.host_bytes()))
+    }
+
+    /// f16 values; mapped checkpoint data may be unaligned, so this can fail where
+    /// [`Array::to_f32_vec`] works.
+    pub fn as_f16(&self) -> Result<&[f16]> {
+        self.expect_dtype(DType::F16)?;
+        bytemuck::try_cast_slice(self.host_bytes())
+            .map_err(|e| Error::Unsupported(format!("f16 view: {e}")))
+    }
+
+    pub fn as_f16_mut(&mut self) -> Result<&mut [f16]> {
+        self.expect_dtype(DType::F16)?;
+        Ok(bytemuck::cast_slice_mut(self.host_bytes_mut()?))
+    }
+
+    /// All values converted to f32 (dense dtypes; quantized ones are dequantized).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let bytes = self.host_bytes();
+        Ok(match self.dtype {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::I32 => bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
+            DType::U32 => bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
+            DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
+                let mut out = vec![0.0; self.numel()];
+                crate::backends::cpu::quant::dequantize(self.dtype, bytes, &mut out);
+                out
+            }
+        })
+    }
+
+    pub(crate) fn expect_dtype(&self, dtype: DType) -> Result<()> {
+        if self.dtype == dtype {
+            Ok(())
+        } else {
+            Err(Error::DType {
+                expected: dtype,
+                found: self.dtype,
+            })
+        }
+    }
+}
+
+impl fmt::Debug for Array {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Array({}, {:?}, {:?})",
+            self.dtype,
+            self.shape,
+            self.device()
+        )
+    }
+}
+
+/// Bytes taken by an array of `dtype` and `shape`, checking block alignment and overflow.
+pub fn byte_len(dtype: DType, shape: &[usize]) -> Result<usize> {
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("shape {shape:?} overflows")))?;
+    if dtype.is_quantized() && shape.last().is_none_or(|&d| d % dtype.block_len() != 0) {
+        return Err(Error::Shape(format!(
+            "{dtype} needs a last axis that is a multiple of {}, got {shape:?}",
+            dtype.block_len()
+        )));
+    }
+    dtype
+        .bytes_for(numel)
+        .ok_or_else(|| Error::Shape(format!("shape {shape:?} overflows")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_round_trip_and_reshape() {
+        let a = Array::from_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        assert_eq!(a.shape(), &[2, 3]);
+        let b = a.reshape(&[3, 2]).unwrap();
+        assert_eq!(b.as_f32().unwrap(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert!(a.reshape(&[4, 2]).is_err());
+        assert_eq!(a.host_bytes().as_ptr() as usize % 64, 0);
+    }
+
+    #[test]
+    fn writes_copy_shared_storage() {
+        let a = Array::from_f32(&[1.0, 2.0], &[2]).unwrap();
+        let mut b = a.clone();
+        b.as_f32_mut().unwrap()[0] = 9.0;
+        assert_eq!(a.as_f32().unwrap(), &[1.0, 2.0]);
+        assert_eq!(b.as_f32().unwrap(), &[9.0, 2.0]);
+    }
+
+    #[test]
+    fn quantized_shapes_are_checked() {
+        assert!(Array::zeros(DType::Q4_0, &[2, 48]).is_err());
+        assert_eq!(byte_len(DType::Q4_1, &[2, 64]).unwrap(), 80);
+    }
+}

@@ -1,0 +1,87 @@
+//! Row-wise kernels: normalization, rotary embedding, softmax, activations. Rows are short
+//! (a hidden vector), so these run on one thread and lean on auto-vectorization.
+
+/// `out = x / rms(x) * weight`, row by row (`weight.len()` values per row).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean_sq = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// Which pairs of a head's dimensions rotate together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions (2i, 2i+1): GGUF Llama, whose Q/K rows were permuted at conversion.
+    Interleaved,
+    /// Dimensions (i, i + d/2): the "rotate half" layout of HF checkpoints (GPT-NeoX style).
+    Half,
+}
+
+/// Rotates each head of `x` (`[tokens, heads, head_dim]`) in place by `positions[t] * inv_freq`.
+/// Only the first `2 * inv_freq.len()` dimensions of a head rotate; cos and sin are scaled by
+/// `mscale` (YaRN's attention factor; 1 otherwise).
+pub fn rope(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    positions: &[i32],
+    inv_freq: &[f32],
+    style: RopeStyle,
+    mscale: f32,
+) {
+    let half = inv_freq.len();
+    let mut cos = vec![0.0f32; half];
+    let mut sin = vec![0.0f32; half];
+    for (t, &pos) in positions.iter().enumerate() {
+        for i in 0..half {
+            let angle = pos as f32 * inv_freq[i];
+            cos[i] = angle.cos() * mscale;
+            sin[i] = angle.sin() * mscale;
+        }
+        let token = &mut x[t * heads * head_dim..(t + 1) * heads * head_dim];
+        for head in token.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Half => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+/// In-place softmax over each row of `d` values.
+pub fn softmax(x: &mut [f32], d: usize) {
+    for row in x.chunks_exact_mut(d) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// `out = silu(gate) * up`, SwiGLU's gating.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// `out = silu(x)`.
+pub fn silu(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v / (1.0 + (-v).exp());
+    }
+}

@@ -1,0 +1,472 @@
+//! GGUF block formats on the CPU: dequantization, and the integer dot products that let a
+//! quantized matmul read packed weights directly.
+//!
+//! Activations are quantized to 8 bits in blocks of 32 (scale `d`, and `s = d * Σq` for the
+//! formats with an offset), the way ggml does, so a weight block and an activation block meet
+//! in one integer dot product and one float multiply-add.
+
+use half::f16;
+
+use crate::DType;
+
+/// Values per block in every GGUF format here.
+pub const QK: usize = 32;
+
+/// Activations of one or more tokens, quantized to 8-bit blocks.
+pub struct Q8Activations {
+    /// Quantized values, `tokens * k`.
+    qs: Vec<i8>,
+    /// Per-block scale, rounded through f16 like ggml's `block_q8_1`.
+    d: Vec<f32>,
+    /// Per-block `d * Σq` (f16-rounded), used for the offset/min terms.
+    s: Vec<f32>,
+    k: usize,
+}
+
+impl Q8Activations {
+    /// Quantizes `x` (`tokens` rows of `k` values, `k` a multiple of 32).
+    pub fn quantize(x: &[f32], k: usize) -> Q8Activations {
+        debug_assert!(k % QK == 0 && x.len() % k == 0);
+        let blocks = x.len() / QK;
+        let mut out = Q8Activations {
+            qs: vec![0; x.len()],
+            d: vec![0.0; blocks],
+            s: vec![0.0; blocks],
+            k,
+        };
+        for (b, (xs, qs)) in x
+            .chunks_exact(QK)
+            .zip(out.qs.chunks_exact_mut(QK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                let r = (v * id).round() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            out.d[b] = f16::from_f32(d).to_f32();
+            out.s[b] = f16::from_f32(sum as f32 * d).to_f32();
+        }
+        out
+    }
+
+    /// The blocks of token `t`.
+    fn token(&self, t: usize) -> Q8Row<'_> {
+        let nb = self.k / QK;
+        Q8Row {
+            qs: &self.qs[t * self.k..(t + 1) * self.k],
+            d: &self.d[t * nb..(t + 1) * nb],
+            s: &self.s[t * nb..(t + 1) * nb],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Q8Row<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
+}
+
+fn half_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Dequantizes whole blocks of `dtype` from `bytes` into `out` (`out.len()` values).
+pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let bb = dtype.block_bytes();
+    for (block, vals) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+        let d = half_at(block, 0);
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => {
+                let (m, qs) = if dtype == DType::Q4_1 {
+                    (half_at(block, 2), &block[4..20])
+                } else {
+                    (-8.0 * d, &block[2..18])
+                };
+                for (j, &byte) in qs.iter().enumerate() {
+                    vals[j] = d * (byte & 0x0F) as f32 + m;
+                    vals[j + 16] = d * (byte >> 4) as f32 + m;
+                }
+            }
+            DType::Q8_0 => {
+                for (v, &q) in vals.iter_mut().zip(&block[2..34]) {
+                    *v = d * (q as i8) as f32;
+                }
+            }
+            other => unreachable!("dequantize called with dense dtype {other}"),
+        }
+    }
+}
+
+/// `out[t * n + r] = dot(weight row r, x row t)` for a `[n, k]` weight of `dtype` and
+/// activations `x` of `tokens` rows. Threads split the weight rows.
+pub fn matmul(dtype: DType, weight: &[u8], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
+    let tokens = x.len() / k;
+    let act = Q8Activations::quantize(x, k);
+    let row_bytes = k / QK * dtype.block_bytes();
+    let dot = dot_fn(dtype);
+    super::parallel_rows(out, n, tokens, |r, acc_row| {
+        let w = &weight[r * row_bytes..(r + 1) * row_bytes];
+        for (t, o) in acc_row.iter_mut().enumerate() {
+            *o = dot(w, act.token(t));
+        }
+    });
+}
+
+type DotFn = fn(&[u8], Q8Row<'_>) -> f32;
+
+fn dot_fn(dtype: DType) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        return match dtype {
+            DType::Q4_0 => avx2::dot_q4_0,
+            DType::Q4_1 => avx2::dot_q4_1,
+            DType::Q8_0 => avx2::dot_q8_0,
+            other => unreachable!("no quantized dot for {other}"),
+        };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        return match dtype {
+            DType::Q4_0 => neon::dot_q4_0,
+            DType::Q4_1 => neon::dot_q4_1,
+            DType::Q8_0 => neon::dot_q8_0,
+            other => unreachable!("no quantized dot for {other}"),
+        };
+    }
+    match dtype {
+        DType::Q4_0 => scalar::dot_q4::<false>,
+        DType::Q4_1 => scalar::dot_q4::<true>,
+        DType::Q8_0 => scalar::dot_q8_0,
+        other => unreachable!("no quantized dot for {other}"),
+    }
+}
+
+/// Portable reference kernels; the SIMD ones must agree with these exactly (integer sums)
+/// up to float summation order.
+mod scalar {
+    use super::{half_at, Q8Row, QK};
+
+    /// Q4_0 (`HAS_MIN = false`, values q - 8) or Q4_1 (`HAS_MIN = true`, values d*q + m).
+    pub fn dot_q4<const HAS_MIN: bool>(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let bb = if HAS_MIN { 20 } else { 18 };
+        let mut sum = 0.0f32;
+        for (b, block) in w.chunks_exact(bb).enumerate() {
+            let dw = half_at(block, 0);
+            let qs = &block[bb - 16..];
+            let xq = &x.qs[b * QK..(b + 1) * QK];
+            let mut dot = 0i32;
+            for j in 0..16 {
+                dot +=
+                    (qs[j] & 0x0F) as i32 * xq[j] as i32 + (qs[j] >> 4) as i32 * xq[j + 16] as i32;
+            }
+            sum += dw * x.d[b] * dot as f32;
+            sum += if HAS_MIN {
+                half_at(block, 2) * x.s[b]
+            } else {
+                -8.0 * dw * x.s[b]
+            };
+        }
+        sum
+    }
+
+    pub fn dot_q8_0(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for (b, block) in w.chunks_exact(34).enumerate() {
+            let xq = &x.qs[b * QK..(b + 1) * QK];
+            let dot: i32 = block[2..]
+                .iter()
+                .zip(xq)
+                .map(|(&q, &v)| (q as i8) as i32 * v as i32)
+                .sum();
+            sum += half_at(block, 0) * x.d[b] * dot as f32;
+        }
+        sum
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8Row, QK};
+
+    pub fn dot_q4_0(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: `dot_fn` hands out this function only after detecting AVX2, FMA and F16C;
+        // `dot_q4` checks the slice lengths it reads.
+        unsafe { dot_q4::<false>(w, x) }
+    }
+
+    pub fn dot_q4_1(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot_q4::<true>(w, x) }
+    }
+
+    pub fn dot_q8_0(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot_q8(w, x) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            p.cast::<u16>().read_unaligned() as i32,
+        )))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q4<const HAS_MIN: bool>(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let bb = if HAS_MIN { 20 } else { 18 };
+        let nb = x.d.len();
+        assert!(w.len() >= nb * bb && x.qs.len() >= nb * QK && x.s.len() >= nb);
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0.0f32;
+        let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
+        for b in 0..nb {
+            let block = wp.add(b * bb);
+            let dw = half(block);
+            let packed = _mm_loadu_si128(block.add(bb - 16).cast());
+            // Low nibbles are values 0..16 of the block, high nibbles values 16..32.
+            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+            let xq = _mm256_loadu_si256(xp.add(b * QK).cast());
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dot),
+                _mm256_set1_ps(dw * *x.d.get_unchecked(b)),
+                acc,
+            );
+            offset += if HAS_MIN {
+                half(block.add(2)) * *x.s.get_unchecked(b)
+            } else {
+                -8.0 * dw * *x.s.get_unchecked(b)
+            };
+        }
+        hsum(acc) + offset
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let nb = x.d.len();
+        assert!(w.len() >= nb * 34 && x.qs.len() >= nb * QK);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
+        for b in 0..nb {
+            let block = wp.add(b * 34);
+            let wq = _mm256_loadu_si256(block.add(2).cast());
+            let xq = _mm256_loadu_si256(xp.add(b * QK).cast());
+            // maddubs wants unsigned × signed: move the weight's sign onto the activation.
+            let dot = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq)),
+                ones,
+            );
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dot),
+                _mm256_set1_ps(half(block) * *x.d.get_unchecked(b)),
+                acc,
+            );
+        }
+        hsum(acc)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{half_at, Q8Row, QK};
+
+    pub fn dot_q4_0(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: `dot_fn` hands out this function only after detecting `dotprod`; the
+        // kernel checks the slice lengths it reads.
+        unsafe { dot_q4::<false>(w, x) }
+    }
+
+    pub fn dot_q4_1(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot_q4::<true>(w, x) }
+    }
+
+    pub fn dot_q8_0(w: &[u8], x: Q8Row<'_>) -> f32 {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot_q8(w, x) }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn dot_q4<const HAS_MIN: bool>(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let bb = if HAS_MIN { 20 } else { 18 };
+        let nb = x.d.len();
+        assert!(w.len() >= nb * bb && x.qs.len() >= nb * QK && x.s.len() >= nb);
+        let mut sum = 0.0f32;
+        for b in 0..nb {
+            let block = &w[b * bb..(b + 1) * bb];
+            let packed = vld1q_u8(block.as_ptr().add(bb - 16));
+            let lo = vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0F)));
+            let hi = vreinterpretq_s8_u8(vshrq_n_u8(packed, 4));
+            let x0 = vld1q_s8(x.qs.as_ptr().add(b * QK));
+            let x1 = vld1q_s8(x.qs.as_ptr().add(b * QK + 16));
+            let dot = vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo, x0), hi, x1));
+            let dw = half_at(block, 0);
+            sum += dw * x.d[b] * dot as f32;
+            sum += if HAS_MIN {
+                half_at(block, 2) * x.s[b]
+            } else {
+                -8.0 * dw * x.s[b]
+            };
+        }
+        sum
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn dot_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
+        let nb = x.d.len();
+        assert!(w.len() >= nb * 34 && x.qs.len() >= nb * QK);
+        let mut sum = 0.0f32;
+        for b in 0..nb {
+            let block = &w[b * 34..(b + 1) * 34];
+            let w0 = vld1q_s8(block.as_ptr().add(2).cast());
+            let w1 = vld1q_s8(block.as_ptr().add(18).cast());
+            let x0 = vld1q_s8(x.qs.as_ptr().add(b * QK));
+            let x1 = vld1q_s8(x.qs.as_ptr().add(b * QK + 16));
+            let dot = vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1));
+            sum += half_at(block, 0) * x.d[b] * dot as f32;
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantizes `values` (a multiple of 32) to `dtype` with a simple reference quantizer.
+    pub(crate) fn quantize_ref(dtype: DType, values: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for xs in values.chunks_exact(QK) {
+            match dtype {
+                DType::Q4_0 => {
+                    let amax =
+                        xs.iter()
+                            .copied()
+                            .fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                    let d = amax / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                    for j in 0..16 {
+                        let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+                        out.push(q(xs[j]) | (q(xs[j + 16]) << 4));
+                    }
+                }
+                DType::Q4_1 => {
+                    let min = xs.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (max - min) / 15.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                    for j in 0..16 {
+                        let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+                        out.push(q(xs[j]) | (q(xs[j + 16]) << 4));
+                    }
+                }
+                DType::Q8_0 => {
+                    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                    out.extend(xs.iter().map(|v| (v * id).round() as i8 as u8));
+                }
+                _ => unreachable!(),
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantized_matmul_matches_dequantized_reference() {
+        let (n, k, tokens) = (37, 256, 3);
+        let x = pseudo_random(tokens * k, 7);
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            let w = quantize_ref(dtype, &pseudo_random(n * k, 11));
+            let mut wf = vec![0.0; n * k];
+            dequantize(dtype, &w, &mut wf);
+            let mut out = vec![0.0; tokens * n];
+            matmul(dtype, &w, n, k, &x, &mut out);
+            // The reference multiplies dequantized weights by the f32 activations; the kernel
+            // quantizes activations to 8 bits, which costs about 1/254 of each block's range.
+            for t in 0..tokens {
+                for r in 0..n {
+                    let xr = &x[t * k..(t + 1) * k];
+                    let wr = &wf[r * k..(r + 1) * k];
+                    let exact: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                    let bound: f32 =
+                        xr.iter().zip(wr).map(|(a, b)| (a * b).abs()).sum::<f32>() * 0.01;
+                    let got = out[t * n + r];
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "{dtype} t{t} r{r}: {got} vs {exact}"
+                    );
+                }
+            }
+            // The SIMD kernel (if any) and the scalar one must agree to float rounding.
+            let act = Q8Activations::quantize(&x, k);
+            let scalar: DotFn = match dtype {
+                DType::Q4_0 => scalar::dot_q4::<false>,
+                DType::Q4_1 => scalar::dot_q4::<true>,
+                _ => scalar::dot_q8_0,
+            };
+            let row_bytes = k / QK * dtype.block_bytes();
+            for r in 0..n {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                let (a, b) = (dot_fn(dtype)(wr, act.token(1)), scalar(wr, act.token(1)));
+                assert!(
+                    (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                    "{dtype} r{r}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_q4_1_layout() {
+        let mut block = vec![0u8; 20];
+        block[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        block[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        block[4] = 0x31; // value 0 = 1, value 16 = 3
+        let mut out = vec![0.0; 32];
+        dequantize(DType::Q4_1, &block, &mut out);
+        assert_eq!(out[0], -0.5);
+        assert_eq!(out[16], 0.5);
+        assert_eq!(out[1], -1.0);
+    }
+}

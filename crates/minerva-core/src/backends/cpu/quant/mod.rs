@@ -1,1 +1,0 @@
-//! Quantized block kernels (being written).

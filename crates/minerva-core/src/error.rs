@@ -1,0 +1,15 @@
+//! The core error type: shape and dtype mismatches between op arguments.
+
+use crate::DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shape error: {0}")]
+    Shape(String),
+    #[error("dtype error: expected {expected}, found {found}")]
+    DType { expected: DType, found: DType },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

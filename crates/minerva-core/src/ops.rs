@@ -1,0 +1,453 @@
+//! The ops API: everything model code may do to an [`Array`].
+//!
+//! Ops check their arguments and return new arrays; today they evaluate eagerly on the CPU
+//! backend. Keeping models on this API is what lets a lazy graph and other devices slot in
+//! underneath later.
+
+use half::{bf16, f16};
+
+use crate::backends::cpu::{attention as cpu_attention, dense, elementwise, quant};
+use crate::{Array, DType, Error, Result};
+
+pub use crate::backends::cpu::elementwise::RopeStyle;
+
+fn shape_err<T>(msg: String) -> Result<T> {
+    Err(Error::Shape(msg))
+}
+
+/// Widens 16-bit float bytes (possibly unaligned, as in a mapping) into a typed vector.
+fn halves<T: bytemuck::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    }
+}
+
+/// `x @ wᵀ (+ bias)`: `x` is `[.., k]` f32, `w` is `[n, k]` in any weight dtype (dense or
+/// block-quantized, read in place), `bias` is `[n]`. Returns `[.., n]` f32.
+pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
+    let [n, k] = *w.shape() else {
+        return shape_err(format!("linear weight must be 2-D, got {:?}", w.shape()));
+    };
+    if x.dim(-1) != k {
+        return shape_err(format!(
+            "linear: input {:?} does not match weight {:?}",
+            x.shape(),
+            w.shape()
+        ));
+    }
+    let xs = x.as_f32()?;
+    let tokens = xs.len() / k;
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().expect("x has a last axis") = n;
+    let mut out = Array::zeros(DType::F32, &out_shape)?;
+    let o = out.as_f32_mut()?;
+    match w.dtype() {
+        DType::F32 => dense::matmul_f32(xs, w.as_f32()?, tokens, k, n, true, o),
+        DType::F16 => dense::matmul_half::<f16>(&halves(w.host_bytes()), n, k, xs, o),
+        DType::BF16 => dense::matmul_half::<bf16>(&halves(w.host_bytes()), n, k, xs, o),
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
+            quant::matmul(w.dtype(), w.host_bytes(), n, k, xs, o)
+        }
+        other => return Err(Error::Unsupported(format!("linear with {other} weights"))),
+    }
+    if let Some(bias) = bias {
+        let b = bias.as_f32()?;
+        if b.len() != n {
+            return shape_err(format!("linear: bias {:?} for {n} outputs", bias.shape()));
+        }
+        for row in o.chunks_exact_mut(n) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+    Ok(out)
+}
+
+/// `a @ b` for f32 `[m, k]` and `[k, n]`.
+pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
+    let (&[m, k], &[k2, n]) = (a.shape(), b.shape()) else {
+        return shape_err(format!(
+            "matmul needs 2-D arrays, got {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        ));
+    };
+    if k != k2 {
+        return shape_err(format!("matmul: {:?} @ {:?}", a.shape(), b.shape()));
+    }
+    let mut out = Array::zeros(DType::F32, &[m, n])?;
+    dense::matmul_f32(a.as_f32()?, b.as_f32()?, m, k, n, false, out.as_f32_mut()?);
+    Ok(out)
+}
+
+/// Rows `ids` of `table` (`[vocab, d]`, any weight dtype) as `[ids.len(), d]` f32.
+pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
+    let [vocab, d] = *table.shape() else {
+        return shape_err(format!(
+            "embedding table must be 2-D, got {:?}",
+            table.shape()
+        ));
+    };
+    let ids = ids.as_i32()?;
+    let row_bytes = table
+        .dtype()
+        .bytes_for(d)
+        .expect("table shape was validated");
+    let bytes = table.host_bytes();
+    let mut out = Array::zeros(DType::F32, &[ids.len(), d])?;
+    let o = out.as_f32_mut()?;
+    for (&id, dst) in ids.iter().zip(o.chunks_exact_mut(d)) {
+        let Some(id) = usize::try_from(id).ok().filter(|&i| i < vocab) else {
+            return shape_err(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            ));
+        };
+        let row = &bytes[id * row_bytes..(id + 1) * row_bytes];
+        match table.dtype() {
+            DType::F32 => dst.copy_from_slice(&halves::<f32>(row)),
+            DType::F16 => dst
+                .iter_mut()
+                .zip(halves::<f16>(row).iter())
+                .for_each(|(o, v)| *o = v.to_f32()),
+            DType::BF16 => dst
+                .iter_mut()
+                .zip(halves::<bf16>(row).iter())
+                .for_each(|(o, v)| *o = v.to_f32()),
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => quant::dequantize(table.dtype(), row, dst),
+            other => return Err(Error::Unsupported(format!("embedding with {other} table"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Elementwise `f(a, b)` where `b`'s shape equals `a`'s or is a suffix of it (broadcast).
+fn broadcast_binary(
+    a: &Array,
+    b: &Array,
+    name: &str,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<Array> {
+    if !a.shape().ends_with(b.shape()) {
+        return shape_err(format!(
+            "{name}: cannot broadcast {:?} onto {:?}",
+            b.shape(),
+            a.shape()
+        ));
+    }
+    let mut out = a.clone();
+    let bs = b.as_f32()?;
+    let o = out.as_f32_mut()?;
+    if !bs.is_empty() {
+        for row in o.chunks_exact_mut(bs.len()) {
+            row.iter_mut().zip(bs).for_each(|(x, &y)| *x = f(*x, y));
+        }
+    }
+    Ok(out)
+}
+
+pub fn add(a: &Array, b: &Array) -> Result<Array> {
+    broadcast_binary(a, b, "add", |x, y| x + y)
+}
+
+pub fn mul(a: &Array, b: &Array) -> Result<Array> {
+    broadcast_binary(a, b, "mul", |x, y| x * y)
+}
+
+/// `x * s`.
+pub fn scale(x: &Array, s: f32) -> Result<Array> {
+    let mut out = x.clone();
+    out.as_f32_mut()?.iter_mut().for_each(|v| *v *= s);
+    Ok(out)
+}
+
+/// RMSNorm over the last axis with a learned per-channel weight.
+pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+    if weight.shape() != [x.dim(-1)] {
+        return shape_err(format!(
+            "rms_norm: weight {:?} for input {:?}",
+            weight.shape(),
+            x.shape()
+        ));
+    }
+    let mut out = Array::zeros(DType::F32, x.shape())?;
+    elementwise::rms_norm(x.as_f32()?, weight.as_f32()?, eps, out.as_f32_mut()?);
+    Ok(out)
+}
+
+/// Rotary position embedding: per-pair inverse frequencies (with any context-extension
+/// scaling already applied), the pairing style, and YaRN's magnitude scale.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub style: RopeStyle,
+    pub mscale: f32,
+}
+
+/// Applies `rope` to `x` (`[tokens, heads, head_dim]`) at `positions` (`[tokens]` i32).
+pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
+    let [tokens, heads, head_dim] = *x.shape() else {
+        return shape_err(format!(
+            "rope input must be [tokens, heads, head_dim], got {:?}",
+            x.shape()
+        ));
+    };
+    let pos = positions.as_i32()?;
+    if pos.len() != tokens || 2 * rope.inv_freq.len() > head_dim {
+        return shape_err(format!(
+            "rope: {} positions / {} frequencies for input {:?}",
+            pos.len(),
+            rope.inv_freq.len(),
+            x.shape()
+        ));
+    }
+    let mut out = x.clone();
+    elementwise::rope(
+        out.as_f32_mut()?,
+        heads,
+        head_dim,
+        pos,
+        &rope.inv_freq,
+        rope.style,
+        rope.mscale,
+    );
+    Ok(out)
+}
+
+/// Softmax over the last axis.
+pub fn softmax(x: &Array) -> Result<Array> {
+    let mut out = x.clone();
+    let d = x.dim(-1);
+    elementwise::softmax(out.as_f32_mut()?, d);
+    Ok(out)
+}
+
+pub fn silu(x: &Array) -> Result<Array> {
+    let mut out = Array::zeros(DType::F32, x.shape())?;
+    elementwise::silu(x.as_f32()?, out.as_f32_mut()?);
+    Ok(out)
+}
+
+/// `silu(gate) * up`.
+pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
+    if gate.shape() != up.shape() {
+        return shape_err(format!(
+            "swiglu: gate {:?} vs up {:?}",
+            gate.shape(),
+            up.shape()
+        ));
+    }
+    let mut out = Array::zeros(DType::F32, gate.shape())?;
+    elementwise::silu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?);
+    Ok(out)
+}
+
+/// Rows `start..start + len` of the first axis.
+pub fn slice_rows(x: &Array, start: usize, len: usize) -> Result<Array> {
+    let rows = x.dim(0);
+    if start + len > rows {
+        return shape_err(format!(
+            "slice_rows {start}..{} of {:?}",
+            start + len,
+            x.shape()
+        ));
+    }
+    let row: usize = x.shape()[1..].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape[0] = len;
+    Array::from_f32(&x.as_f32()?[start * row..(start + len) * row], &shape)
+}
+
+/// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `cache` (`[kv_heads, capacity,
+/// head_dim]` f16) at positions `start..start + tokens`.
+pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
+    let (&[kv_heads, capacity, head_dim], &[tokens, h2, d2]) = (cache.shape(), new.shape()) else {
+        return shape_err(format!(
+            "write_kv: cache {:?}, new {:?}",
+            cache.shape(),
+            new.shape()
+        ));
+    };
+    if h2 != kv_heads || d2 != head_dim || start + tokens > capacity {
+        return shape_err(format!(
+            "write_kv: {:?} at {start} into cache {:?}",
+            new.shape(),
+            cache.shape()
+        ));
+    }
+    let src = new.as_f32()?;
+    let dst = cache.as_f16_mut()?;
+    for t in 0..tokens {
+        for h in 0..kv_heads {
+            let from = &src[(t * kv_heads + h) * head_dim..][..head_dim];
+            let to = &mut dst[(h * capacity + start + t) * head_dim..][..head_dim];
+            to.iter_mut()
+                .zip(from)
+                .for_each(|(o, &v)| *o = f16::from_f32(v));
+        }
+    }
+    Ok(())
+}
+
+/// Masking and extras for [`attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions<'a> {
+    pub scale: f32,
+    /// Sliding window length: a query sees only the last `window` positions.
+    pub window: Option<usize>,
+    /// Per-head sink logits (`[heads]` f32).
+    pub sinks: Option<&'a Array>,
+}
+
+/// Causal grouped-query attention of `q` (`[tokens, heads, head_dim]`, queries at
+/// `positions`) over the first `kv_len` positions of f16 caches `k`, `v`
+/// (`[kv_heads, capacity, head_dim]`). Returns `[tokens, heads * head_dim]`.
+pub fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    kv_len: usize,
+    positions: &Array,
+    opts: AttentionOptions<'_>,
+) -> Result<Array> {
+    let (&[tokens, heads, head_dim], &[kv_heads, capacity, kd]) = (q.shape(), k.shape()) else {
+        return shape_err(format!("attention: q {:?}, k {:?}", q.shape(), k.shape()));
+    };
+    let pos = positions.as_i32()?;
+    let bad = kd != head_dim
+        || v.shape() != k.shape()
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || kv_len > capacity
+        || pos.len() != tokens
+        || pos.iter().any(|&p| p < 0 || p as usize >= kv_len);
+    if bad {
+        return shape_err(format!(
+            "attention: q {:?}, kv {:?} (valid {kv_len}), positions {:?}",
+            q.shape(),
+            k.shape(),
+            pos
+        ));
+    }
+    let sinks = match opts.sinks {
+        Some(s) if s.shape() != [heads] => {
+            return shape_err(format!(
+                "attention: sinks {:?} for {heads} heads",
+                s.shape()
+            ))
+        }
+        Some(s) => Some(s.as_f32()?),
+        None => None,
+    };
+    let args = cpu_attention::AttentionArgs {
+        k: k.as_f16()?,
+        v: v.as_f16()?,
+        kv_heads,
+        capacity,
+        kv_len,
+        positions: pos,
+        window: opts.window,
+        sinks,
+        scale: opts.scale,
+    };
+    let mut out = Array::zeros(DType::F32, &[tokens, heads * head_dim])?;
+    cpu_attention::attention(q.as_f32()?, heads, head_dim, &args, out.as_f32_mut()?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(v: &[f32], shape: &[usize]) -> Array {
+        Array::from_f32(v, shape).unwrap()
+    }
+
+    #[test]
+    fn linear_f32_and_bias() {
+        let x = arr(&[1.0, 2.0], &[1, 2]);
+        let w = arr(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]);
+        let b = arr(&[0.5, 0.5, 0.5], &[3]);
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[1.5, 2.5, 3.5]);
+        assert!(linear(&arr(&[1.0; 3], &[1, 3]), &w, None).is_err());
+    }
+
+    #[test]
+    fn rms_norm_unit_weight() {
+        let y = rms_norm(&arr(&[3.0, 4.0], &[1, 2]), &arr(&[1.0, 2.0], &[2]), 0.0).unwrap();
+        let r = (12.5f32).sqrt();
+        assert_eq!(y.as_f32().unwrap(), &[3.0 / r, 8.0 / r]);
+    }
+
+    #[test]
+    fn rope_styles_rotate_the_right_pairs() {
+        let x = arr(&[1.0, 0.0, 0.0, 0.0], &[1, 1, 4]);
+        let pos = Array::from_i32(&[1], &[1]).unwrap();
+        let theta = std::f32::consts::FRAC_PI_2;
+        let inter = Rope {
+            inv_freq: vec![theta, 0.0],
+            style: RopeStyle::Interleaved,
+            mscale: 1.0,
+        };
+        let y = rope(&x, &pos, &inter).unwrap();
+        assert!((y.as_f32().unwrap()[1] - 1.0).abs() < 1e-6);
+        let half = Rope {
+            style: RopeStyle::Half,
+            ..inter
+        };
+        let y = rope(&x, &pos, &half).unwrap();
+        assert!((y.as_f32().unwrap()[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_matches_naive_softmax() {
+        // One head, one KV head, head_dim 2, three cached positions, query at position 2.
+        let mut k = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
+        let mut v = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
+        write_kv(&mut k, 0, &arr(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 1, 2])).unwrap();
+        write_kv(&mut v, 0, &arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 1, 2])).unwrap();
+        let q = arr(&[1.0, 2.0], &[1, 1, 2]);
+        let pos = Array::from_i32(&[2], &[1]).unwrap();
+        let opts = AttentionOptions {
+            scale: 1.0,
+            window: None,
+            sinks: None,
+        };
+        let y = attention(&q, &k, &v, 3, &pos, opts).unwrap();
+        let s = [1.0f32, 2.0, 3.0].map(f32::exp);
+        let z: f32 = s.iter().sum();
+        let want0 = (s[0] * 1.0 + s[1] * 3.0 + s[2] * 5.0) / z;
+        assert!((y.as_f32().unwrap()[0] - want0).abs() < 1e-5);
+        // A window of 1 sees only the query's own position.
+        let y = attention(
+            &q,
+            &k,
+            &v,
+            3,
+            &pos,
+            AttentionOptions {
+                window: Some(1),
+                ..opts
+            },
+        )
+        .unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[5.0, 6.0]);
+        // A sink adds mass to the denominator only.
+        let sinks = arr(&[3.0], &[1]);
+        let y = attention(
+            &q,
+            &k,
+            &v,
+            3,
+            &pos,
+            AttentionOptions {
+                window: Some(1),
+                sinks: Some(&sinks),
+                ..opts
+            },
+        )
+        .unwrap();
+        let p = 3.0f32.exp() / (3.0f32.exp() * 2.0);
+        assert!((y.as_f32().unwrap()[0] - 5.0 * p).abs() < 1e-5);
+    }
+}
