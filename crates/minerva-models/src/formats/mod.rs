@@ -53,3 +53,21 @@ impl FormatError {
         }
     }
 }
+
+/// Maps `path` read-only. A missing or unreadable file is a [`FormatError::Io`] naming it.
+pub(crate) fn map_file(path: &std::path::Path) -> Result<Arc<memmap2::Mmap>, FormatError> {
+    let io = |source| FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(FormatError::invalid(path, "not a regular file"));
+    }
+    // SAFETY: the file is opened read-only and the mapping is private to this process and
+    // read-only. Another process truncating or rewriting the file while it is mapped would
+    // change or invalidate bytes under us; like every mmap-based model loader we treat such
+    // concurrent external modification of a checkpoint as outside the contract.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    Ok(Arc::new(map))
+}
