@@ -258,7 +258,7 @@ pub fn slice_rows(x: &Array, start: usize, len: usize) -> Result<Array> {
 }
 
 /// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `cache` (`[kv_heads, capacity,
-/// head_dim]` f16) at positions `start..start + tokens`.
+/// head_dim]`, f16 or f32) at positions `start..start + tokens`.
 pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
     let (&[kv_heads, capacity, head_dim], &[tokens, h2, d2]) = (cache.shape(), new.shape()) else {
         return shape_err(format!(
@@ -275,17 +275,36 @@ pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
         ));
     }
     let src = new.as_f32()?;
-    let dst = cache.as_f16_mut()?;
-    for t in 0..tokens {
-        for h in 0..kv_heads {
-            let from = &src[(t * kv_heads + h) * head_dim..][..head_dim];
-            let to = &mut dst[(h * capacity + start + t) * head_dim..][..head_dim];
+    let dtype = cache.dtype();
+    let rows = (0..tokens).flat_map(|t| (0..kv_heads).map(move |h| (t, h)));
+    let span = |t: usize, h: usize| {
+        let from = &src[(t * kv_heads + h) * head_dim..][..head_dim];
+        (from, (h * capacity + start + t) * head_dim)
+    };
+    if dtype == DType::F16 {
+        let dst = cache.as_f16_mut()?;
+        for (t, h) in rows {
+            let (from, at) = span(t, h);
+            let to = &mut dst[at..at + head_dim];
             to.iter_mut()
                 .zip(from)
                 .for_each(|(o, &v)| *o = f16::from_f32(v));
         }
+    } else {
+        let dst = cache.as_f32_mut()?;
+        for (t, h) in rows {
+            let (from, at) = span(t, h);
+            dst[at..at + head_dim].copy_from_slice(from);
+        }
     }
     Ok(())
+}
+
+fn kv_slice(a: &Array) -> Result<cpu_attention::KvSlice<'_>> {
+    Ok(match a.dtype() {
+        DType::F16 => cpu_attention::KvSlice::F16(a.as_f16()?),
+        _ => cpu_attention::KvSlice::F32(a.as_f32()?),
+    })
 }
 
 /// Masking and extras for [`attention`].
@@ -299,7 +318,7 @@ pub struct AttentionOptions<'a> {
 }
 
 /// Causal grouped-query attention of `q` (`[tokens, heads, head_dim]`, queries at
-/// `positions`) over the first `kv_len` positions of f16 caches `k`, `v`
+/// `positions`) over the first `kv_len` positions of f16 or f32 caches `k`, `v`
 /// (`[kv_heads, capacity, head_dim]`). Returns `[tokens, heads * head_dim]`.
 pub fn attention(
     q: &Array,
@@ -339,8 +358,8 @@ pub fn attention(
         None => None,
     };
     let args = cpu_attention::AttentionArgs {
-        k: k.as_f16()?,
-        v: v.as_f16()?,
+        k: kv_slice(k)?,
+        v: kv_slice(v)?,
         kv_heads,
         capacity,
         kv_len,

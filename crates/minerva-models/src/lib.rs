@@ -1,4 +1,16 @@
 //! Minerva models: checkpoint formats, tokenizers and chat templates, and the architectures
 //! written against the core ops API.
 
+pub mod arch;
+pub mod blocks;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
 pub mod formats;
+pub mod kv;
+pub mod loader;
+
+pub use arch::{CausalLm, Logits, ModelInfo};
+pub use error::{ModelError, Result};
+pub use kv::KvCache;
+pub use loader::{load_model, ModelFiles};

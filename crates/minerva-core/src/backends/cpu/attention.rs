@@ -1,15 +1,31 @@
-//! Scaled dot-product attention over an f16 KV cache, grouped-query, causal, with an
-//! optional sliding window and per-head sink logits.
+//! Scaled dot-product attention over an f16 or f32 KV cache, grouped-query, causal, with
+//! an optional sliding window and per-head sink logits.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+/// Cached keys or values in their storage type.
+#[derive(Clone, Copy)]
+pub enum KvSlice<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+impl KvSlice<'_> {
+    fn widen_into(self, start: usize, out: &mut [f32]) {
+        match self {
+            KvSlice::F16(s) => s[start..start + out.len()].convert_to_f32_slice(out),
+            KvSlice::F32(s) => out.copy_from_slice(&s[start..start + out.len()]),
+        }
+    }
+}
+
 /// The cache and masking a batch of queries attends over.
 pub struct AttentionArgs<'a> {
     /// `[kv_heads, capacity, head_dim]` keys; the first `kv_len` positions are valid.
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+    pub k: KvSlice<'a>,
+    pub v: KvSlice<'a>,
     pub kv_heads: usize,
     pub capacity: usize,
     pub kv_len: usize,
@@ -47,8 +63,8 @@ pub fn attention(
             let base = kv * args.capacity * head_dim;
             let mut keys = vec![0.0f32; visible * head_dim];
             let mut values = vec![0.0f32; visible * head_dim];
-            args.k[base..base + visible * head_dim].convert_to_f32_slice(&mut keys);
-            args.v[base..base + visible * head_dim].convert_to_f32_slice(&mut values);
+            args.k.widen_into(base, &mut keys);
+            args.v.widen_into(base, &mut values);
             let mut scores = vec![0.0f32; visible];
             let mut res = vec![0.0f32; (t1 - t0) * head_dim];
             for t in t0..t1 {

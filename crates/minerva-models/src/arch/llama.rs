@@ -1,0 +1,202 @@
+//! The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2): pre-norm decoder blocks of
+//! grouped-query attention with RoPE and a SwiGLU MLP, RMSNorm throughout.
+//!
+//! ```text
+//! h = x + Attention(RMSNorm(x))
+//! y = h + MLP(RMSNorm(h))
+//! logits = LMHead(RMSNorm(y_last))
+//! ```
+
+use minerva_core::ops::{self, Rope};
+use minerva_core::Array;
+
+use super::{CausalLm, Logits, ModelInfo};
+use crate::blocks::{Attention, GatedMlp};
+use crate::checkpoint::Checkpoint;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::KvCache;
+
+struct Block {
+    attn_norm: Array,
+    attn: Attention,
+    mlp_norm: Array,
+    mlp: GatedMlp,
+}
+
+pub struct Llama {
+    config: LlamaConfig,
+    info: ModelInfo,
+    embed: Array,
+    blocks: Vec<Block>,
+    norm: Array,
+    /// The output projection; the embedding table itself when the weights are tied.
+    lm_head: Array,
+    rope: Rope,
+}
+
+/// Tensor names of one checkpoint layout.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// llama.cpp's GGUF names (`blk.0.attn_q.weight`).
+    Gguf,
+    /// Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
+    Hf,
+}
+
+impl Naming {
+    fn global(self, role: &str) -> &'static str {
+        match (self, role) {
+            (Naming::Gguf, "embed") => "token_embd.weight",
+            (Naming::Gguf, "norm") => "output_norm.weight",
+            (Naming::Gguf, "lm_head") => "output.weight",
+            (Naming::Hf, "embed") => "model.embed_tokens.weight",
+            (Naming::Hf, "norm") => "model.norm.weight",
+            (Naming::Hf, "lm_head") => "lm_head.weight",
+            _ => unreachable!("unknown global tensor role {role}"),
+        }
+    }
+
+    /// `role` is the HF module path inside a layer, e.g. `self_attn.q_proj`.
+    fn layer(self, layer: usize, role: &str, suffix: &str) -> String {
+        match self {
+            Naming::Hf => format!("model.layers.{layer}.{role}.{suffix}"),
+            Naming::Gguf => {
+                let short = match role {
+                    "input_layernorm" => "attn_norm",
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.o_proj" => "attn_output",
+                    "post_attention_layernorm" => "ffn_norm",
+                    "mlp.gate_proj" => "ffn_gate",
+                    "mlp.up_proj" => "ffn_up",
+                    "mlp.down_proj" => "ffn_down",
+                    _ => unreachable!("unknown layer tensor role {role}"),
+                };
+                format!("blk.{layer}.{short}.{suffix}")
+            }
+        }
+    }
+}
+
+impl Llama {
+    pub fn load(checkpoint: &Checkpoint, config: LlamaConfig) -> Result<Llama> {
+        let naming = match checkpoint {
+            Checkpoint::Gguf(_) => Naming::Gguf,
+            Checkpoint::Safetensors(_) => Naming::Hf,
+        };
+        let c = &config;
+        let (d, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let embed = checkpoint.matrix(naming.global("embed"), [c.vocab, d])?;
+        let lm_head = if checkpoint.contains(naming.global("lm_head")) {
+            checkpoint.matrix(naming.global("lm_head"), [c.vocab, d])?
+        } else {
+            embed.clone()
+        };
+        let blocks = (0..c.layers)
+            .map(|l| {
+                let name = |role: &str| naming.layer(l, role, "weight");
+                let bias = |role: &str, n: usize| {
+                    checkpoint.optional_f32(&naming.layer(l, role, "bias"), &[n])
+                };
+                let attn = Attention {
+                    q: checkpoint.matrix(&name("self_attn.q_proj"), [q_dim, d])?,
+                    k: checkpoint.matrix(&name("self_attn.k_proj"), [kv_dim, d])?,
+                    v: checkpoint.matrix(&name("self_attn.v_proj"), [kv_dim, d])?,
+                    o: checkpoint.matrix(&name("self_attn.o_proj"), [d, q_dim])?,
+                    q_bias: bias("self_attn.q_proj", q_dim)?,
+                    k_bias: bias("self_attn.k_proj", kv_dim)?,
+                    v_bias: bias("self_attn.v_proj", kv_dim)?,
+                    o_bias: bias("self_attn.o_proj", d)?,
+                    heads: c.heads,
+                    kv_heads: c.kv_heads,
+                    head_dim: c.head_dim,
+                    window: c.sliding_window,
+                    sinks: None,
+                };
+                if c.qkv_bias && attn.q_bias.is_none() {
+                    return Err(ModelError::MissingTensor {
+                        path: checkpoint.path().to_path_buf(),
+                        name: naming.layer(l, "self_attn.q_proj", "bias"),
+                    });
+                }
+                Ok(Block {
+                    attn_norm: checkpoint.f32_tensor(&name("input_layernorm"), &[d])?,
+                    attn,
+                    mlp_norm: checkpoint.f32_tensor(&name("post_attention_layernorm"), &[d])?,
+                    mlp: GatedMlp {
+                        gate: checkpoint.matrix(&name("mlp.gate_proj"), [c.intermediate, d])?,
+                        up: checkpoint.matrix(&name("mlp.up_proj"), [c.intermediate, d])?,
+                        down: checkpoint.matrix(&name("mlp.down_proj"), [d, c.intermediate])?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // GGUF Llama 3 files carry their RoPE scaling as precomputed per-frequency divisors.
+        let freq_factors = checkpoint
+            .optional_f32("rope_freqs.weight", &[c.rope.dim / 2])?
+            .map(|a| a.to_f32_vec())
+            .transpose()?;
+        let rope = c.rope.build(freq_factors.as_deref());
+        Ok(Llama {
+            info: ModelInfo {
+                arch: c.arch.clone(),
+                vocab: c.vocab,
+                layers: c.layers,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                context_length: c.context_length,
+            },
+            norm: checkpoint.f32_tensor(naming.global("norm"), &[d])?,
+            embed,
+            blocks,
+            lm_head,
+            rope,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(
+                minerva_core::Error::Shape("forward needs at least one token".into()).into(),
+            );
+        }
+        let start = cache.len();
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let positions: Vec<i32> = (start..start + n).map(|p| p as i32).collect();
+        let positions = Array::from_i32(&positions, &[n])?;
+        let eps = self.config.rms_eps;
+
+        let mut x = ops::embedding(&self.embed, &Array::from_i32(&ids, &[n])?)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
+            x = ops::add(
+                &x,
+                &block
+                    .attn
+                    .forward(&h, &positions, &self.rope, cache, layer)?,
+            )?;
+            let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
+            x = ops::add(&x, &block.mlp.forward(&h)?)?;
+        }
+        cache.advance(n);
+        if logits == Logits::Last {
+            x = ops::slice_rows(&x, n - 1, 1)?;
+        }
+        let x = ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(ops::linear(&x, &self.lm_head, None)?)
+    }
+}

@@ -1,0 +1,254 @@
+//! Hyper-parameters of Llama-family models, from GGUF metadata or an HF `config.json`.
+
+use std::path::Path;
+
+use minerva_core::ops::RopeStyle;
+use serde_json::Value;
+
+use crate::blocks::rope::{RopeConfig, RopeScaling};
+use crate::error::{ModelError, Result};
+use crate::formats::gguf::GgufFile;
+
+/// Architectures that share the Llama block structure.
+pub const LLAMA_FAMILY: &str = "llama, mistral, qwen2 (smollm2 is llama)";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub rms_eps: f32,
+    pub rope: RopeConfig,
+    pub context_length: usize,
+    /// Biases on the q/k/v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// Sliding-window attention length (Mistral v0.1), for every layer.
+    pub sliding_window: Option<usize>,
+}
+
+impl LlamaConfig {
+    fn validate(self, path: &Path) -> Result<Self> {
+        let bad = |msg: String| Err(ModelError::config(path, msg));
+        if self.hidden == 0
+            || self.layers == 0
+            || self.heads == 0
+            || self.kv_heads == 0
+            || self.vocab == 0
+        {
+            return bad(format!("config has a zero dimension: {self:?}"));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return bad(format!(
+                "{} heads are not a multiple of {} KV heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.rope.dim > self.head_dim || self.rope.dim % 2 != 0 {
+            return bad(format!(
+                "rope dimension {} does not fit head dim {}",
+                self.rope.dim, self.head_dim
+            ));
+        }
+        Ok(self)
+    }
+
+    /// From GGUF metadata keys `{arch}.*`; vocabulary size from the embedding tensor.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<LlamaConfig> {
+        let arch = gguf.architecture()?.to_string();
+        let style = match arch.as_str() {
+            // llama.cpp's converter permutes Llama Q/K rows so that pairs are adjacent.
+            "llama" | "mistral" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::Half,
+            _ => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    path: gguf.path().to_path_buf(),
+                    arch,
+                    supported: LLAMA_FAMILY,
+                })
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = gguf.get_u32(&key("embedding_length"))? as usize;
+        let heads = gguf.get_u32(&key("attention.head_count"))? as usize;
+        let kv_heads = gguf
+            .get_opt_u32(&key("attention.head_count_kv"))?
+            .map_or(heads, |v| v as usize);
+        let head_dim = gguf
+            .get_opt_u32(&key("attention.key_length"))?
+            .map_or(hidden / heads.max(1), |v| v as usize);
+        let scaling = match gguf.get_opt_str(&key("rope.scaling.type"))? {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: gguf.get_f32(&key("rope.scaling.factor"))?,
+            },
+            Some(other) => {
+                return Err(ModelError::config(
+                    gguf.path(),
+                    format!(
+                        "unsupported rope scaling '{other}' ({})",
+                        key("rope.scaling.type")
+                    ),
+                ))
+            }
+        };
+        let vocab = gguf.tensor("token_embd.weight").map_or(0, |t| t.shape[0]);
+        LlamaConfig {
+            hidden,
+            layers: gguf.get_u32(&key("block_count"))? as usize,
+            heads,
+            kv_heads,
+            head_dim,
+            intermediate: gguf.get_u32(&key("feed_forward_length"))? as usize,
+            vocab,
+            rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope: RopeConfig {
+                theta: gguf
+                    .get_opt_f32(&key("rope.freq_base"))?
+                    .unwrap_or(10_000.0),
+                dim: gguf
+                    .get_opt_u32(&key("rope.dimension_count"))?
+                    .map_or(head_dim, |v| v as usize),
+                scaling,
+                style,
+            },
+            context_length: gguf
+                .get_opt_u32(&key("context_length"))?
+                .map_or(2048, |v| v as usize),
+            qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
+            sliding_window: gguf
+                .get_opt_u32(&key("attention.sliding_window"))?
+                .map(|v| v as usize),
+            arch,
+        }
+        .validate(gguf.path())
+    }
+
+    /// From an HF `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<LlamaConfig> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ModelError::config(path, e.to_string()))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
+        let field = |k: &str| json.get(k).filter(|v| !v.is_null());
+        let int = |k: &str| -> Result<usize> {
+            field(k)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    ModelError::config(path, format!("field '{k}' is missing or not an integer"))
+                })
+        };
+        let float = |k: &str, default: f64| -> Result<f32> {
+            match field(k) {
+                None => Ok(default as f32),
+                Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| {
+                    ModelError::config(path, format!("field '{k}' is not a number"))
+                }),
+            }
+        };
+        let arch = field("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::config(path, "field 'model_type' is missing"))?
+            .to_string();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch,
+                supported: LLAMA_FAMILY,
+            });
+        }
+        let hidden = int("hidden_size")?;
+        let heads = int("num_attention_heads")?;
+        let head_dim = field("head_dim")
+            .and_then(Value::as_u64)
+            .map_or(hidden / heads.max(1), |v| v as usize);
+        let rope_json = field("rope_scaling").or_else(|| field("rope_parameters"));
+        let scaling = match rope_json {
+            None => RopeScaling::None,
+            Some(r) => {
+                let get = |k: &str| r.get(k).and_then(Value::as_f64).map(|v| v as f32);
+                let need = |k: &str| {
+                    get(k).ok_or_else(|| {
+                        ModelError::config(
+                            path,
+                            format!("rope_scaling.{k} is missing or not a number"),
+                        )
+                    })
+                };
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: need("factor")?,
+                    },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: need("factor")?,
+                        low_freq_factor: need("low_freq_factor")?,
+                        high_freq_factor: need("high_freq_factor")?,
+                        original_context: need("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(ModelError::config(
+                            path,
+                            format!("unsupported rope_scaling type '{other}'"),
+                        ))
+                    }
+                }
+            }
+        };
+        let theta = match rope_json
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(Value::as_f64)
+        {
+            Some(t) => t as f32,
+            None => float("rope_theta", 10_000.0)?,
+        };
+        let sliding_window = match arch.as_str() {
+            "mistral" => field("sliding_window")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
+            "qwen2" if field("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
+                return Err(ModelError::config(
+                    path,
+                    "qwen2 use_sliding_window is not supported",
+                ))
+            }
+            _ => None,
+        };
+        LlamaConfig {
+            hidden,
+            layers: int("num_hidden_layers")?,
+            heads,
+            kv_heads: field("num_key_value_heads")
+                .and_then(Value::as_u64)
+                .map_or(heads, |v| v as usize),
+            head_dim,
+            intermediate: int("intermediate_size")?,
+            vocab: int("vocab_size")?,
+            rms_eps: float("rms_norm_eps", 1e-6)?,
+            rope: RopeConfig {
+                theta,
+                dim: head_dim,
+                scaling,
+                style: RopeStyle::Half,
+            },
+            context_length: field("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map_or(2048, |v| v as usize),
+            qkv_bias: arch == "qwen2"
+                || field("attention_bias").and_then(Value::as_bool) == Some(true),
+            sliding_window,
+            arch,
+        }
+        .validate(path)
+    }
+}

@@ -1,0 +1,131 @@
+//! Finds and opens a model: a GGUF file, a safetensors file, or a model directory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::arch::llama::Llama;
+use crate::arch::CausalLm;
+use crate::checkpoint::Checkpoint;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::SafetensorsModel;
+use crate::formats::FormatError;
+
+/// What a model path turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelFiles {
+    Gguf(PathBuf),
+    /// Weights (file, index or directory) and the directory holding `config.json` and
+    /// tokenizer files.
+    Safetensors {
+        weights: PathBuf,
+        dir: PathBuf,
+    },
+}
+
+impl ModelFiles {
+    /// Classifies `path`; errors name the path and what was expected.
+    pub fn locate(path: &Path) -> Result<ModelFiles> {
+        let meta = std::fs::metadata(path).map_err(|source| FormatError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.is_dir() {
+            if path.join("config.json").is_file() {
+                return Ok(ModelFiles::Safetensors {
+                    weights: path.to_path_buf(),
+                    dir: path.to_path_buf(),
+                });
+            }
+            let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|source| FormatError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .collect();
+            return match ggufs.as_slice() {
+                [one] => Ok(ModelFiles::Gguf(one.clone())),
+                [] => Err(FormatError::invalid(
+                    path,
+                    "no model here: expected config.json with safetensors weights, or a .gguf file",
+                )
+                .into()),
+                _ => Err(FormatError::invalid(path, "several .gguf files here: name one").into()),
+            };
+        }
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut magic))
+            .map_err(|source| FormatError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if read == 4 && &magic == b"GGUF" {
+            return Ok(ModelFiles::Gguf(path.to_path_buf()));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            return Ok(ModelFiles::Safetensors {
+                weights: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(FormatError::invalid(
+            path,
+            "not a model: expected a GGUF file, a .safetensors file or a model directory",
+        )
+        .into())
+    }
+}
+
+/// Opens the weights of `files` (by mmap) and reads their configuration.
+pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, LlamaConfig)> {
+    match files {
+        ModelFiles::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let config = LlamaConfig::from_gguf(&gguf)?;
+            Ok((Checkpoint::Gguf(gguf), config))
+        }
+        ModelFiles::Safetensors { weights, dir } => {
+            let config_path = dir.join("config.json");
+            if !config_path.is_file() {
+                return Err(ModelError::config(
+                    &config_path,
+                    "missing: safetensors weights need a config.json beside them",
+                ));
+            }
+            let config = LlamaConfig::from_hf_json(&config_path)?;
+            Ok((
+                Checkpoint::Safetensors(SafetensorsModel::open(weights)?),
+                config,
+            ))
+        }
+    }
+}
+
+/// Loads the model at `path` (weights and config; no tokenizer).
+pub fn load_model(path: &Path) -> Result<Box<dyn CausalLm>> {
+    let (checkpoint, config) = open_checkpoint(&ModelFiles::locate(path)?)?;
+    Ok(Box::new(Llama::load(&checkpoint, config)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_path_names_the_file() {
+        let err = ModelFiles::locate(Path::new("/no/such/model.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/no/such/model.gguf: "), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}
