@@ -3,12 +3,14 @@
 
 pub mod arch;
 pub mod blocks;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod formats;
 pub mod kv;
 pub mod loader;
+pub mod tokenizer;
 
 pub use arch::{CausalLm, Logits, ModelInfo};
 pub use error::{ModelError, Result};
