@@ -1,3 +1,78 @@
-fn main() {
-    println!("Hello, world!");
+//! `minerva`: chat with a local model, run one prompt, inspect a checkpoint, benchmark.
+
+mod bench;
+mod chat;
+mod inspect;
+mod model_path;
+mod options;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "minerva",
+    version,
+    about = "Minerva: a native Rust LLM inference engine"
+)]
+struct Cli {
+    /// Model: a GGUF file, a safetensors file or a model directory [default: SmolLM2-135M-Instruct Q4_1]
+    #[arg(long, global = true, env = "MINERVA_MODEL")]
+    model: Option<PathBuf>,
+    /// Worker threads [default: one per CPU]
+    #[arg(long, global = true, env = "MINERVA_THREADS")]
+    threads: Option<usize>,
+    /// Log progress and timings to stderr
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive chat: type a message, get a streamed answer; history is kept (/reset, /exit)
+    Chat(chat::ChatArgs),
+    /// Answer one prompt (through the chat template unless --raw) and exit
+    Run(chat::RunArgs),
+    /// Show a checkpoint's metadata, tensors and config
+    Inspect(inspect::InspectArgs),
+    /// Measure prefill and decode speed
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(if cli.verbose {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        })
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("minerva: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global()?;
+    }
+    let model = cli.model.as_deref();
+    match cli.command {
+        Command::Chat(args) => chat::chat(model, &args),
+        Command::Run(args) => chat::run(model, &args),
+        Command::Inspect(args) => inspect::inspect(model, &args),
+        Command::Bench(args) => bench::bench(model, &args),
+    }
 }

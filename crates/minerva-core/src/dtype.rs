@@ -49,7 +49,7 @@ impl DType {
 
     /// Bytes taken by `n` values, or `None` when `n` is not a whole number of blocks.
     pub const fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())

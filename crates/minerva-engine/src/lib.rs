@@ -1,7 +1,29 @@
 //! Minerva engine: KV cache, sampling and the generation loop that applications embed.
+//!
+//! ```no_run
+//! use std::ops::ControlFlow;
+//! use minerva_engine::{Engine, GenerateOptions};
+//! use minerva_models::chat_template::ChatMessage;
+//!
+//! let engine = Engine::load("model.gguf".as_ref())?;
+//! let prompt = engine.encode_chat(&[ChatMessage { role: "user".into(), content: "Hi!".into() }])?;
+//! let mut session = engine.session(None)?;
+//! session.generate(&prompt, &GenerateOptions::default(), |text| {
+//!     print!("{text}");
+//!     ControlFlow::Continue(())
+//! })?;
+//! # Ok::<(), minerva_engine::EngineError>(())
+//! ```
 
+pub mod engine;
+pub mod error;
+pub mod generate;
 pub mod kv_cache;
 pub mod sampler;
+mod stop;
 
+pub use engine::Engine;
+pub use error::{EngineError, Result};
+pub use generate::{FinishReason, GenerateOptions, GenerationStats, Session};
 pub use kv_cache::ContiguousKvCache;
 pub use sampler::{Sampler, SamplerConfig};

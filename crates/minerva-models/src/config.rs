@@ -42,13 +42,13 @@ impl LlamaConfig {
         {
             return bad(format!("config has a zero dimension: {self:?}"));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "{} heads are not a multiple of {} KV heads",
                 self.heads, self.kv_heads
             ));
         }
-        if self.rope.dim > self.head_dim || self.rope.dim % 2 != 0 {
+        if self.rope.dim > self.head_dim || !self.rope.dim.is_multiple_of(2) {
             return bad(format!(
                 "rope dimension {} does not fit head dim {}",
                 self.rope.dim, self.head_dim

@@ -26,6 +26,10 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Op(#[from] minerva_core::Error),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Template(#[from] crate::chat_template::TemplateError),
 }
 
 impl ModelError {

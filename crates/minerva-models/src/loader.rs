@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::llama::Llama;
 use crate::arch::CausalLm;
+use crate::chat_template::ChatTemplate;
 use crate::checkpoint::Checkpoint;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::SafetensorsModel;
 use crate::formats::FormatError;
+use crate::tokenizer::Tokenizer;
 
 /// What a model path turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +116,46 @@ pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, LlamaConfig)> 
 pub fn load_model(path: &Path) -> Result<Box<dyn CausalLm>> {
     let (checkpoint, config) = open_checkpoint(&ModelFiles::locate(path)?)?;
     Ok(Box::new(Llama::load(&checkpoint, config)?))
+}
+
+/// A model ready to chat: weights, tokenizer and chat template.
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub files: ModelFiles,
+}
+
+/// Loads the model at `path` with its tokenizer (GGUF metadata or `tokenizer.json`) and chat
+/// template (the checkpoint's own, else ChatML).
+pub fn load(path: &Path) -> Result<LoadedModel> {
+    let files = ModelFiles::locate(path)?;
+    let (checkpoint, config) = open_checkpoint(&files)?;
+    let tokenizer = match (&checkpoint, &files) {
+        (Checkpoint::Gguf(gguf), _) => Tokenizer::from_gguf_metadata(gguf.metadata())?,
+        (_, ModelFiles::Safetensors { dir, .. }) => {
+            Tokenizer::from_file(&dir.join("tokenizer.json"))?
+        }
+        (Checkpoint::Safetensors(_), ModelFiles::Gguf(_)) => {
+            unreachable!("checkpoint follows files")
+        }
+    };
+    let model = Box::new(Llama::load(&checkpoint, config)?);
+    let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let template = match tokenizer.chat_template() {
+        Some(source) => ChatTemplate::new(
+            source,
+            token_text(tokenizer.bos_id()),
+            token_text(tokenizer.eos_id()),
+        )?,
+        None => ChatTemplate::chatml(),
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        files,
+    })
 }
 
 #[cfg(test)]

@@ -67,8 +67,21 @@ pub fn attention(
             args.v.widen_into(base, &mut values);
             let mut scores = vec![0.0f32; visible];
             let mut res = vec![0.0f32; (t1 - t0) * head_dim];
+            // With an f16 cache, queries and probabilities are rounded to f16 too, so each
+            // product has two f16 operands (f32 accumulation), as in GPU flash attention and
+            // llama.cpp; results then track those engines instead of drifting by f16 noise.
+            let half_products = matches!(args.k, KvSlice::F16(_));
+            let round = |x: f32| {
+                if half_products {
+                    f16::from_f32(x).to_f32()
+                } else {
+                    x
+                }
+            };
+            let mut qh = vec![0.0f32; head_dim];
             for t in t0..t1 {
-                let qh = &q[(t * heads + h) * head_dim..(t * heads + h + 1) * head_dim];
+                let q_row = &q[(t * heads + h) * head_dim..(t * heads + h + 1) * head_dim];
+                qh.iter_mut().zip(q_row).for_each(|(o, &x)| *o = round(x));
                 let pos = args.positions[t] as usize;
                 let end = (pos + 1).min(visible);
                 let start = args.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -79,14 +92,15 @@ pub fn attention(
                     scores[j] = s;
                     max = max.max(s);
                 }
-                let mut denom = args.sinks.map_or(0.0, |s| (s[h] - max).exp());
+                let mut denom = args.sinks.map_or(0.0, |s| f64::from((s[h] - max).exp()));
                 for s in &mut scores[start..end] {
                     *s = (*s - max).exp();
-                    denom += *s;
+                    denom += f64::from(*s);
                 }
+                let inv = (1.0 / denom) as f32;
                 let o = &mut res[(t - t0) * head_dim..(t - t0 + 1) * head_dim];
                 for j in start..end {
-                    let p = scores[j] / denom;
+                    let p = round(scores[j] * inv);
                     for (o, &v) in o.iter_mut().zip(&values[j * head_dim..(j + 1) * head_dim]) {
                         *o += p * v;
                     }

@@ -26,7 +26,7 @@ pub struct Q8Activations {
 impl Q8Activations {
     /// Quantizes `x` (`tokens` rows of `k` values, `k` a multiple of 32).
     pub fn quantize(x: &[f32], k: usize) -> Q8Activations {
-        debug_assert!(k % QK == 0 && x.len() % k == 0);
+        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
         let blocks = x.len() / QK;
         let mut out = Q8Activations {
             qs: vec![0; x.len()],
@@ -41,10 +41,12 @@ impl Q8Activations {
         {
             let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // 127/amax (not 1/d): the same rounding as ggml's SIMD quantizer, so values on
+            // a rounding boundary land where llama.cpp puts them.
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = (v * id).round() as i32;
+                let r = (v * id).round_ties_even() as i32;
                 *q = r as i8;
                 sum += r;
             }

@@ -1,0 +1,120 @@
+//! `minerva bench`: prefill and decode throughput, measured like `scripts/bench_llama_cpp.py`
+//! measures llama.cpp (same prompt text, fresh cache per run, one warm-up, median of runs).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::ensure;
+use clap::Args;
+use minerva_engine::sampler::argmax;
+use minerva_engine::{ContiguousKvCache, Engine};
+use minerva_models::Logits;
+
+use crate::model_path;
+
+/// The prompt text `scripts/bench_llama_cpp.py` uses, so both engines see the same tokens.
+const TEXT: &str =
+    "The history of computing is a story of ideas that became machines. Early mechanical \
+calculators could add and subtract, but they could not be programmed. In the nineteenth \
+century, Charles Babbage designed the Analytical Engine, a general purpose machine that \
+would have read its instructions from punched cards, and Ada Lovelace wrote what many \
+consider the first program for it. A century later, electronic computers filled whole rooms, \
+consumed enormous amounts of power, and were programmed by rewiring panels or flipping \
+switches. The invention of the transistor, and then of the integrated circuit, made \
+computers smaller, cheaper and far more reliable. Personal computers arrived in homes and \
+offices, networks connected them, and the web turned them into windows onto a shared \
+library of human knowledge. Today, language models running on ordinary processors can \
+answer questions, summarize documents and write code, and the engineering challenge has \
+moved to making them fast and efficient on the hardware that people already own. ";
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Prompt length for the prefill measurement
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated (one at a time) for the decode measurement
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Measured runs (after one warm-up); the median is reported
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print one JSON line instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.runs > 0 && args.prompt_tokens > 0 && args.gen_tokens > 0,
+        "--runs, --prompt-tokens and --gen-tokens must be > 0"
+    );
+    let path = model_path::resolve(model)?;
+    let engine = Engine::load(&path)?;
+    let model = engine.model();
+    let base = engine.tokenizer().encode(TEXT, false)?;
+    let prompt: Vec<u32> = base
+        .iter()
+        .copied()
+        .cycle()
+        .take(args.prompt_tokens)
+        .collect();
+    let short = &base[..8.min(base.len())];
+    let max_len = Some(args.prompt_tokens.max(short.len() + args.gen_tokens) + 1);
+
+    let one_run = || -> anyhow::Result<(f64, f64)> {
+        let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+        let t = Instant::now();
+        let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+        argmax(logits.as_f32()?);
+        let prefill = args.prompt_tokens as f64 / t.elapsed().as_secs_f64();
+
+        let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+        let mut token = argmax(model.forward(short, &mut cache, Logits::Last)?.as_f32()?);
+        let t = Instant::now();
+        for _ in 0..args.gen_tokens {
+            token = argmax(
+                model
+                    .forward(&[token], &mut cache, Logits::Last)?
+                    .as_f32()?,
+            );
+        }
+        Ok((prefill, args.gen_tokens as f64 / t.elapsed().as_secs_f64()))
+    };
+    one_run()?;
+    let runs = (0..args.runs)
+        .map(|_| one_run())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let prefill = median(runs.iter().map(|r| r.0).collect());
+    let decode = median(runs.iter().map(|r| r.1).collect());
+    let threads = rayon::current_num_threads();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "minerva",
+                "version": env!("CARGO_PKG_VERSION"),
+                "threads": threads,
+                "prefill_tok_s": (prefill * 100.0).round() / 100.0,
+                "decode_tok_s": (decode * 100.0).round() / 100.0,
+                "prompt_tokens": args.prompt_tokens,
+                "gen_tokens": args.gen_tokens,
+                "runs": args.runs,
+                "load_ms": (engine.load_time().as_secs_f64() * 1e4).round() / 10.0,
+            })
+        );
+    } else {
+        println!("model: {}", path.display());
+        println!(
+            "threads: {threads}, load {:.1} ms",
+            engine.load_time().as_secs_f64() * 1e3
+        );
+        println!("prefill-{}: {prefill:.1} tok/s", args.prompt_tokens);
+        println!("decode ({} tokens): {decode:.1} tok/s", args.gen_tokens);
+    }
+    Ok(())
+}

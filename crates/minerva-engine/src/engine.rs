@@ -1,0 +1,79 @@
+//! `Engine`: a loaded model with its tokenizer and chat template — the entry point an
+//! application embeds.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use minerva_models::chat_template::{ChatMessage, ChatTemplate};
+use minerva_models::loader::{self, LoadedModel, ModelFiles};
+use minerva_models::tokenizer::Tokenizer;
+use minerva_models::CausalLm;
+
+use crate::error::Result;
+use crate::generate::Session;
+
+pub struct Engine {
+    loaded: LoadedModel,
+    load_time: Duration,
+}
+
+impl Engine {
+    /// Loads a GGUF file, a safetensors file or a model directory (by mmap).
+    pub fn load(path: &Path) -> Result<Engine> {
+        let start = Instant::now();
+        let loaded = loader::load(path)?;
+        Ok(Engine {
+            loaded,
+            load_time: start.elapsed(),
+        })
+    }
+
+    pub fn model(&self) -> &dyn CausalLm {
+        self.loaded.model.as_ref()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.loaded.tokenizer
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.loaded.template
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.loaded.files
+    }
+
+    /// Wall time `load` took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// A fresh conversation state; `max_context` caps the KV cache (default: the model's).
+    pub fn session(&self, max_context: Option<usize>) -> Result<Session<'_>> {
+        Session::new(self.model(), self.tokenizer(), max_context)
+    }
+
+    /// Prompt tokens for a conversation, rendered through the chat template with the
+    /// assistant's turn opened.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.template().render(messages, true)?;
+        self.encode_with_bos(&text, true)
+    }
+
+    /// Prompt tokens for raw text (no template); special-token text stays plain text.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with_bos(text, false)
+    }
+
+    fn encode_with_bos(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let tok = self.tokenizer();
+        let mut ids = tok.encode(text, parse_special)?;
+        if let Some(bos) = tok.bos_id().filter(|_| tok.add_bos()) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+}
