@@ -12,7 +12,9 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 /// Runs `minerva run --model <model> --prompt hi` and checks the failure; returns stderr.
@@ -23,12 +25,23 @@ fn fails_cleanly(model: &Path, expected: &[&str]) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "exit status for {model:?}; stderr: {stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status for {model:?}; stderr: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("minerva: "), "{stderr}");
     for needle in expected {
-        assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
     }
     stderr
 }
@@ -52,7 +65,8 @@ fn write_gguf(path: &Path, metadata: &[(&str, &str)], tensors: &[(&str, &[u64], 
     for (name, dims, ggml_type) in tensors {
         string(&mut b, name);
         b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-        dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+        dims.iter()
+            .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
         b.extend_from_slice(&ggml_type.to_le_bytes());
         b.extend_from_slice(&0u64.to_le_bytes());
     }
@@ -71,14 +85,21 @@ fn tiny_llama_copy(name: &str) -> PathBuf {
 
 #[test]
 fn missing_file() {
-    fails_cleanly(Path::new("/no/such/dir/model.gguf"), &["/no/such/dir/model.gguf", "No such file"]);
+    fails_cleanly(
+        Path::new("/no/such/dir/model.gguf"),
+        &["/no/such/dir/model.gguf", "No such file"],
+    );
 }
 
 #[test]
 fn truncated_gguf() {
     let dir = scratch("truncated-gguf");
     let path = dir.join("cut.gguf");
-    write_gguf(&path, &[("general.architecture", "llama")], &[("token_embd.weight", &[64, 4096], 0)]);
+    write_gguf(
+        &path,
+        &[("general.architecture", "llama")],
+        &[("token_embd.weight", &[64, 4096], 0)],
+    );
     fails_cleanly(&path, &["cut.gguf", "truncated", "token_embd.weight"]);
     // Cut inside the header.
     let bytes = std::fs::read(&path).unwrap();
@@ -90,8 +111,15 @@ fn truncated_gguf() {
 fn unsupported_quant_type() {
     let dir = scratch("q4k");
     let path = dir.join("q4k.gguf");
-    write_gguf(&path, &[("general.architecture", "llama")], &[("blk.0.attn_q.weight", &[256, 16], 12)]);
-    fails_cleanly(&path, &["q4k.gguf", "blk.0.attn_q.weight", "unsupported type q4_k"]);
+    write_gguf(
+        &path,
+        &[("general.architecture", "llama")],
+        &[("blk.0.attn_q.weight", &[256, 16], 12)],
+    );
+    fails_cleanly(
+        &path,
+        &["q4k.gguf", "blk.0.attn_q.weight", "unsupported type q4_k"],
+    );
 }
 
 #[test]
@@ -103,7 +131,11 @@ fn unknown_architecture() {
 
     let dir = tiny_llama_copy("arch-hf");
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), config.replace("\"llama\"", "\"bert\"")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"llama\"", "\"bert\""),
+    )
+    .unwrap();
     fails_cleanly(&dir, &["config.json", "unsupported architecture 'bert'"]);
 }
 
@@ -119,7 +151,11 @@ fn truncated_safetensors() {
 #[test]
 fn corrupt_index_json() {
     let dir = tiny_llama_copy("index");
-    std::fs::write(dir.join("model.safetensors.index.json"), "{\"weight_map\": {\"a\": ").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        "{\"weight_map\": {\"a\": ",
+    )
+    .unwrap();
     fails_cleanly(&dir, &["model.safetensors.index.json"]);
 }
 

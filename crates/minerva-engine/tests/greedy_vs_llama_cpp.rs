@@ -1,20 +1,30 @@
 //! Same-file agreement with llama.cpp: greedy decoding of the default model (SmolLM2-135M
-//! Q4_1 GGUF) for the 10 prompts of `tests/fixtures/smollm2/greedy.json`, which llama.cpp
-//! (llama-cpp-python 0.3.36) produced from the same file (`scripts/fixtures/make_greedy_fixture.py`).
+//! Q4_1 GGUF) on the 10 prompts of `tests/fixtures/smollm2/greedy.json`, which llama.cpp
+//! (llama-cpp-python 0.3.36) produced from the same file.
 //!
-//! Both engines quantize activations to 8 bits and sum in their own order, so logits differ
-//! slightly; an argmax may flip only where llama.cpp's top-2 gap is a near-tie (< 1e-2).
-//! After a divergence the two continuations differ, so a prompt is compared up to its first
-//! divergence. The test prints the token agreement rate.
+//! Why the bar is a measured noise floor and not a fixed 1e-2: every quantized matmul
+//! quantizes its input activations to 8 bits, so a rounding difference anywhere (summation
+//! order, f16 conversions, exp approximations) moves some activations by a whole quantization
+//! step, and those differences grow through 30 layers into logit differences of ~0.1.
+//! llama.cpp shows this against itself: its flash-attention path (equally correct) differs
+//! from its default path by that much and diverges in free-running greedy decoding at top-2
+//! gaps up to ~0.22 (`tests/fixtures/smollm2/greedy_control.json`, made by
+//! `scripts/fixtures/make_greedy_control.py`). So Minerva is held to the spread llama.cpp has
+//! with itself:
+//!
+//! 1. teacher-forced (feeding llama.cpp's tokens, so every step is compared): the RMS error of
+//!    the top-5 logits against llama.cpp's may exceed the control's by at most 25%; and our
+//!    argmax may differ from llama.cpp's only where its top-2 gap is a near-tie, i.e. below
+//!    max(1e-2, 4x the control's RMS error of that gap);
+//! 2. free-running greedy decoding is compared up to the first divergence and the token
+//!    agreement rate is printed next to the control's.
 
 use std::path::PathBuf;
 
 use minerva_engine::sampler::argmax;
 use minerva_engine::ContiguousKvCache;
-use minerva_models::{load_model, Logits};
+use minerva_models::{load_model, CausalLm, Logits};
 use serde_json::Value;
-
-const NEAR_TIE: f64 = 1e-2;
 
 fn default_model() -> PathBuf {
     let home = std::env::var_os("MINERVA_HOME")
@@ -36,6 +46,13 @@ fn default_model() -> PathBuf {
     path
 }
 
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/smollm2")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -44,65 +61,119 @@ fn u32s(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn greedy_decoding_agrees_with_llama_cpp() {
-    let fixture =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/greedy.json");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    let model = load_model(&default_model()).unwrap_or_else(|e| panic!("{e}"));
-
-    let (mut agreed, mut compared) = (0, 0);
-    let mut failures = Vec::new();
-    for case in reference["cases"].as_array().unwrap() {
-        let prompt = u32s(&case["prompt_ids"]);
-        let expected = u32s(&case["output_ids"]);
-        let gaps: Vec<f64> = case["top1_minus_top2"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g.as_f64().unwrap())
-            .collect();
-        let mut cache = ContiguousKvCache::new(model.info(), Some(1024)).unwrap();
-        let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
-        let mut outcome = format!("all {} tokens agree", expected.len());
-        for (step, &want) in expected.iter().enumerate() {
-            let got = argmax(logits.as_f32().unwrap());
-            if std::env::var_os("MINERVA_DEBUG_LOGITS").is_some() {
-                let l = logits.as_f32().unwrap();
-                let top5 = case["top5"][step].as_array().unwrap();
-                let diffs: Vec<String> = top5
-                    .iter()
-                    .map(|p| {
-                        let id = p[0].as_u64().unwrap() as usize;
-                        format!("{:+.3}", l[id] as f64 - p[1].as_f64().unwrap())
-                    })
-                    .collect();
-                eprintln!("  step {step}: {}", diffs.join(" "));
-            }
-            compared += 1;
-            if got != want {
-                outcome = format!("diverges at token {step}: ours {got}, llama.cpp {want}, llama.cpp top-2 gap {:.4}", gaps[step]);
-                if gaps[step] >= NEAR_TIE {
-                    failures.push(format!("{:?}: {outcome}", case["prompt"]));
-                }
-                break;
-            }
-            agreed += 1;
-            logits = model.forward(&[got], &mut cache, Logits::Last).unwrap();
-        }
-        eprintln!("{:<70} {outcome}", format!("{}", case["prompt"]));
-    }
-    let total: usize = reference["cases"]
-        .as_array()
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
         .unwrap()
         .iter()
-        .map(|c| c["output_ids"].as_array().unwrap().len())
-        .sum();
-    eprintln!("token agreement: {agreed}/{total} llama.cpp tokens reproduced ({:.1}%), {compared} compared", 100.0 * agreed as f64 / total as f64);
-    assert!(
-        failures.is_empty(),
-        "divergence without a near-tie:\n{}",
-        failures.join("\n")
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Root mean square of `xs`.
+fn rms(xs: &[f64]) -> f64 {
+    (xs.iter().map(|x| x * x).sum::<f64>() / xs.len() as f64).sqrt()
+}
+
+/// Our logits at every step of `case`, feeding the reference's own output tokens.
+fn teacher_forced(model: &dyn CausalLm, case: &Value) -> Vec<Vec<f32>> {
+    let mut cache = ContiguousKvCache::new(model.info(), Some(1024)).unwrap();
+    let out = u32s(&case["output_ids"]);
+    let mut logits = model
+        .forward(&u32s(&case["prompt_ids"]), &mut cache, Logits::Last)
+        .unwrap();
+    let mut steps = Vec::new();
+    for (step, &tok) in out.iter().enumerate() {
+        steps.push(logits.to_f32_vec().unwrap());
+        if step + 1 < out.len() {
+            logits = model.forward(&[tok], &mut cache, Logits::Last).unwrap();
+        }
+    }
+    steps
+}
+
+/// How many of the reference's tokens greedy decoding reproduces before diverging.
+fn free_running(model: &dyn CausalLm, case: &Value) -> usize {
+    let mut cache = ContiguousKvCache::new(model.info(), Some(1024)).unwrap();
+    let mut logits = model
+        .forward(&u32s(&case["prompt_ids"]), &mut cache, Logits::Last)
+        .unwrap();
+    let mut agreed = 0;
+    for want in u32s(&case["output_ids"]) {
+        let got = argmax(logits.as_f32().unwrap());
+        if got != want {
+            break;
+        }
+        agreed += 1;
+        logits = model.forward(&[got], &mut cache, Logits::Last).unwrap();
+    }
+    agreed
+}
+
+#[test]
+fn greedy_decoding_agrees_with_llama_cpp() {
+    let reference = fixture("greedy.json");
+    let control = fixture("greedy_control.json");
+    let model = load_model(&default_model()).unwrap_or_else(|e| panic!("{e}"));
+    let cases = reference["cases"].as_array().unwrap();
+    let controls = control["cases"].as_array().unwrap();
+
+    // Logit errors at the reference's top-5 ids, and errors of the top-2 gap.
+    let (mut ours_err, mut ctrl_err, mut ctrl_gap_err) = (Vec::new(), Vec::new(), Vec::new());
+    let mut mismatches = Vec::new(); // (prompt, step, reference gap)
+    let (mut ours_agreed, mut ctrl_agreed, mut total, mut ctrl_mismatches) = (0, 0, 0, 0);
+    for (case, ctrl) in cases.iter().zip(controls) {
+        let gaps = f64s(&case["top1_minus_top2"]);
+        let outputs = u32s(&case["output_ids"]);
+        ctrl_mismatches += u32s(&ctrl["teacher_forced_argmax"])
+            .iter()
+            .zip(&outputs)
+            .filter(|(a, b)| a != b)
+            .count();
+        for (step, logits) in teacher_forced(model.as_ref(), case).iter().enumerate() {
+            let top5 = case["top5"][step].as_array().unwrap();
+            let ctrl5 = f64s(&ctrl["teacher_forced_top5"][step]);
+            for (k, pair) in top5.iter().enumerate() {
+                let reference_logit = pair[1].as_f64().unwrap();
+                ours_err.push(logits[pair[0].as_u64().unwrap() as usize] as f64 - reference_logit);
+                ctrl_err.push(ctrl5[k] - reference_logit);
+            }
+            ctrl_gap_err.push((ctrl5[0] - ctrl5[1]) - gaps[step]);
+            if argmax(logits) != outputs[step] {
+                mismatches.push((case["prompt"].to_string(), step, gaps[step]));
+            }
+        }
+        let agreed = free_running(model.as_ref(), case);
+        eprintln!(
+            "{:<70} free-running: ours {agreed}/{n}, llama.cpp flash-attn {}/{n}",
+            case["prompt"].to_string(),
+            ctrl["free_running_agreed"],
+            n = outputs.len()
+        );
+        ours_agreed += agreed;
+        ctrl_agreed += ctrl["free_running_agreed"].as_u64().unwrap() as usize;
+        total += outputs.len();
+    }
+
+    let (ours_rms, ctrl_rms) = (rms(&ours_err), rms(&ctrl_err));
+    let near_tie = (4.0 * rms(&ctrl_gap_err)).max(1e-2);
+    eprintln!(
+        "free-running token agreement: ours {ours_agreed}/{total} ({:.1}%), llama.cpp flash-attn vs default {ctrl_agreed}/{total} ({:.1}%)",
+        100.0 * ours_agreed as f64 / total as f64,
+        100.0 * ctrl_agreed as f64 / total as f64
     );
+    eprintln!(
+        "teacher-forced over {} steps: top-5 logit RMS error ours {ours_rms:.3}, control {ctrl_rms:.3}; \
+         argmax differences ours {}, control {ctrl_mismatches}; near-tie bound {near_tie:.3}",
+        ctrl_gap_err.len(),
+        mismatches.len()
+    );
+    for (prompt, step, gap) in &mismatches {
+        eprintln!("  argmax differs at {prompt} step {step}: llama.cpp top-2 gap {gap:.4}");
+    }
+    assert!(
+        ours_rms <= 1.25 * ctrl_rms,
+        "logit error {ours_rms:.3} vs llama.cpp's own spread {ctrl_rms:.3}"
+    );
+    let bad: Vec<_> = mismatches.iter().filter(|m| m.2 >= near_tie).collect();
+    assert!(bad.is_empty(), "argmax differs without a near-tie: {bad:?}");
 }
