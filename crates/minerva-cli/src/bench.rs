@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::ensure;
 use clap::Args;
 use minerva_engine::sampler::argmax;
-use minerva_engine::{ContiguousKvCache, Engine};
+use minerva_engine::{forward, ContiguousKvCache, Engine};
 use minerva_models::Logits;
 
 use crate::model_path;
@@ -69,19 +69,15 @@ pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
     let one_run = || -> anyhow::Result<(f64, f64)> {
         let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
         let t = Instant::now();
-        let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+        let logits = forward(model, &prompt, &mut cache, Logits::Last)?;
         argmax(logits.as_f32()?);
         let prefill = args.prompt_tokens as f64 / t.elapsed().as_secs_f64();
 
         let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
-        let mut token = argmax(model.forward(short, &mut cache, Logits::Last)?.as_f32()?);
+        let mut token = argmax(forward(model, short, &mut cache, Logits::Last)?.as_f32()?);
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
-            token = argmax(
-                model
-                    .forward(&[token], &mut cache, Logits::Last)?
-                    .as_f32()?,
-            );
+            token = argmax(forward(model, &[token], &mut cache, Logits::Last)?.as_f32()?);
         }
         Ok((prefill, args.gen_tokens as f64 / t.elapsed().as_secs_f64()))
     };

@@ -436,7 +436,8 @@ mod tests {
         let s = [1.0f32, 2.0, 3.0].map(f32::exp);
         let z: f32 = s.iter().sum();
         let want0 = (s[0] * 1.0 + s[1] * 3.0 + s[2] * 5.0) / z;
-        assert!((y.as_f32().unwrap()[0] - want0).abs() < 1e-5);
+        // With an f16 cache the probabilities are rounded to f16 (relative 2^-11 each).
+        assert!((y.as_f32().unwrap()[0] - want0).abs() < 5.0 * want0 / 2048.0);
         // A window of 1 sees only the query's own position.
         let y = attention(
             &q,

@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use minerva_core::Array;
 use minerva_models::tokenizer::Tokenizer;
 use minerva_models::{CausalLm, KvCache, Logits};
 
@@ -14,6 +15,18 @@ use crate::stop::StopMatcher;
 
 /// Longest prompt slice run through the model at once; bounds activation memory.
 const PREFILL_CHUNK: usize = 512;
+
+/// Runs one forward pass on the compute thread pool. The pass's serial parts then run on a
+/// pool worker that joins every parallel op itself, instead of handing each op to the pool
+/// and sleeping until it is done (a wake-up per matmul costs tens of microseconds).
+pub fn forward(
+    model: &dyn CausalLm,
+    tokens: &[u32],
+    cache: &mut dyn KvCache,
+    logits: Logits,
+) -> minerva_models::Result<Array> {
+    rayon::scope(|_| model.forward(tokens, cache, logits))
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateOptions {
@@ -125,7 +138,7 @@ impl<'m> Session<'m> {
         let start = Instant::now();
         let mut logits = Vec::new();
         for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
-            let out = self.model.forward(chunk, &mut self.cache, Logits::Last)?;
+            let out = forward(self.model, chunk, &mut self.cache, Logits::Last)?;
             self.tokens.extend_from_slice(chunk);
             logits = out.to_f32_vec()?;
         }

@@ -24,6 +24,6 @@ mod stop;
 
 pub use engine::Engine;
 pub use error::{EngineError, Result};
-pub use generate::{FinishReason, GenerateOptions, GenerationStats, Session};
+pub use generate::{forward, FinishReason, GenerateOptions, GenerationStats, Session};
 pub use kv_cache::ContiguousKvCache;
 pub use sampler::{Sampler, SamplerConfig};

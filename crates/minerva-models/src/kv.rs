@@ -4,7 +4,7 @@
 use minerva_core::ops::AttentionOptions;
 use minerva_core::{Array, Result};
 
-pub trait KvCache {
+pub trait KvCache: Send {
     /// Tokens already cached, i.e. the position of the first token of this forward pass.
     fn len(&self) -> usize;
 

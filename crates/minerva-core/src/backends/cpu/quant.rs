@@ -46,7 +46,7 @@ impl Q8Activations {
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = (v * id).round_ties_even() as i32;
+                let r = round_ties_even(v * id) as i32;
                 *q = r as i8;
                 sum += r;
             }
@@ -65,6 +65,15 @@ impl Q8Activations {
             s: &self.s[t * nb..(t + 1) * nb],
         }
     }
+}
+
+/// Round half to even for |x| < 2^22 (here |x| ≤ 127): adding 1.5·2^23 leaves no fraction
+/// bits, so the FPU's own rounding does the work. `f32::round_ties_even` would be a libm
+/// call on baseline x86-64.
+#[inline]
+fn round_ties_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 #[derive(Clone, Copy)]
@@ -234,61 +243,89 @@ mod avx2 {
         )))
     }
 
+    /// Integer dot product of one 4-bit weight block (unsigned nibbles) with 32 activation
+    /// bytes, as 8 f32 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibble_dot(packed: *const u8, xq: *const i8) -> __m256 {
+        let bytes = _mm_loadu_si128(packed.cast());
+        // Low nibbles are values 0..16 of the block, high nibbles values 16..32.
+        let wq = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes),
+            _mm256_set1_epi8(0x0F),
+        );
+        let xq = _mm256_loadu_si256(xq.cast());
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(
+            _mm256_maddubs_epi16(wq, xq),
+            _mm256_set1_epi16(1),
+        ))
+    }
+
+    /// Two blocks per iteration into two accumulators, so consecutive fused multiply-adds do
+    /// not wait on each other.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q4<const HAS_MIN: bool>(w: &[u8], x: Q8Row<'_>) -> f32 {
         let bb = if HAS_MIN { 20 } else { 18 };
         let nb = x.d.len();
         assert!(w.len() >= nb * bb && x.qs.len() >= nb * QK && x.s.len() >= nb);
-        let low = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0.0f32;
         let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
-        for b in 0..nb {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut offset = [0.0f32; 2];
+        let mut step = |b: usize, lane: usize| {
             let block = wp.add(b * bb);
             let dw = half(block);
-            let packed = _mm_loadu_si128(block.add(bb - 16).cast());
-            // Low nibbles are values 0..16 of the block, high nibbles values 16..32.
-            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            let xq = _mm256_loadu_si256(xp.add(b * QK).cast());
-            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(dot),
-                _mm256_set1_ps(dw * *x.d.get_unchecked(b)),
-                acc,
-            );
-            offset += if HAS_MIN {
+            let dot = nibble_dot(block.add(bb - 16), xp.add(b * QK));
+            let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(b));
+            acc[lane] = _mm256_fmadd_ps(dot, scale, acc[lane]);
+            offset[lane] += if HAS_MIN {
                 half(block.add(2)) * *x.s.get_unchecked(b)
             } else {
                 -8.0 * dw * *x.s.get_unchecked(b)
             };
+        };
+        let mut b = 0;
+        while b + 1 < nb {
+            step(b, 0);
+            step(b + 1, 1);
+            b += 2;
         }
-        hsum(acc) + offset
+        if b < nb {
+            step(b, 0);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q8(w: &[u8], x: Q8Row<'_>) -> f32 {
         let nb = x.d.len();
         assert!(w.len() >= nb * 34 && x.qs.len() >= nb * QK);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
         let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
-        for b in 0..nb {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut step = |b: usize, lane: usize| {
             let block = wp.add(b * 34);
             let wq = _mm256_loadu_si256(block.add(2).cast());
             let xq = _mm256_loadu_si256(xp.add(b * QK).cast());
             // maddubs wants unsigned × signed: move the weight's sign onto the activation.
             let dot = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq)),
-                ones,
+                _mm256_set1_epi16(1),
             );
-            acc = _mm256_fmadd_ps(
+            acc[lane] = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(dot),
                 _mm256_set1_ps(half(block) * *x.d.get_unchecked(b)),
-                acc,
+                acc[lane],
             );
+        };
+        let mut b = 0;
+        while b + 1 < nb {
+            step(b, 0);
+            step(b + 1, 1);
+            b += 2;
         }
-        hsum(acc)
+        if b < nb {
+            step(b, 0);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
