@@ -27,17 +27,7 @@ use minerva_models::{load_model, CausalLm, Logits};
 use serde_json::Value;
 
 fn default_model() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-                })
-                .join("minerva")
-        });
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = minerva_models::model_cache::default_model_path();
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-default-model",

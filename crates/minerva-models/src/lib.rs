@@ -10,6 +10,7 @@ pub mod error;
 pub mod formats;
 pub mod kv;
 pub mod loader;
+pub mod model_cache;
 pub mod tokenizer;
 
 pub use arch::{CausalLm, Logits, ModelInfo};

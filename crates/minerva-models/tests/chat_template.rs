@@ -1,24 +1,11 @@
 //! Chat template tests: the default model's template against llama.cpp's rendered prompt,
 //! multi-turn rendering, Python string methods, errors.
 
-use std::path::PathBuf;
-
 use minerva_models::chat_template::{ChatMessage, ChatTemplate, TemplateError};
 use minerva_models::formats::gguf::{GgufFile, MetaValue};
 
-fn default_model_path() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("minerva")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("minerva"))
-        })
-        .expect("neither MINERVA_HOME nor HOME is set");
-    home.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn default_template() -> ChatTemplate {
-    let path = default_model_path();
+    let path = minerva_models::model_cache::default_model_path();
     assert!(
         path.exists(),
         "default model not found at {}: run scripts/fetch-default-model first",

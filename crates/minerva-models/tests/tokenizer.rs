@@ -12,20 +12,9 @@ const CASES: &str = concat!(
     "/../../tests/fixtures/smollm2/tokenizer_cases.json"
 );
 
-fn default_model_path() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("minerva")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("minerva"))
-        })
-        .expect("neither MINERVA_HOME nor HOME is set");
-    home.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 /// Metadata of the default model; panics (does not skip) when the file is missing.
 fn default_metadata() -> Metadata {
-    let path = default_model_path();
+    let path = minerva_models::model_cache::default_model_path();
     assert!(
         path.exists(),
         "default model not found at {}: run scripts/fetch-default-model first",

@@ -34,36 +34,29 @@ fn get<'m>(meta: &'m Metadata, key: &str) -> Option<&'m MetaValue> {
     meta.get(key)
 }
 
-fn type_name(v: &MetaValue) -> &'static str {
-    match v {
-        MetaValue::U8(_) => "u8",
-        MetaValue::I8(_) => "i8",
-        MetaValue::U16(_) => "u16",
-        MetaValue::I16(_) => "i16",
-        MetaValue::U32(_) => "u32",
-        MetaValue::I32(_) => "i32",
-        MetaValue::U64(_) => "u64",
-        MetaValue::I64(_) => "i64",
-        MetaValue::F32(_) => "f32",
-        MetaValue::F64(_) => "f64",
-        MetaValue::Bool(_) => "bool",
-        MetaValue::String(_) => "string",
-        MetaValue::Array(_) => "array",
-    }
+/// The bytes each token decodes to: special tokens as their text, byte tokens as their
+/// byte, normal tokens through the model's own mapping `normal`.
+fn token_pieces(tokens: &[String], attrs: &[u8], normal: impl Fn(&str) -> Vec<u8>) -> Vec<Vec<u8>> {
+    tokens
+        .iter()
+        .zip(attrs)
+        .map(|(t, &a)| {
+            if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
+                t.as_bytes().to_vec()
+            } else if a & attr::NORMAL != 0 {
+                normal(t)
+            } else if a & attr::BYTE != 0 {
+                parse_byte_token(t).map(|b| vec![b]).unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
 }
 
+/// An integer metadata value of any width, when it fits an i64.
 fn as_i64(v: &MetaValue) -> Option<i64> {
-    Some(match *v {
-        MetaValue::U8(x) => x as i64,
-        MetaValue::I8(x) => x as i64,
-        MetaValue::U16(x) => x as i64,
-        MetaValue::I16(x) => x as i64,
-        MetaValue::U32(x) => x as i64,
-        MetaValue::I32(x) => x as i64,
-        MetaValue::U64(x) => i64::try_from(x).ok()?,
-        MetaValue::I64(x) => x,
-        _ => return None,
-    })
+    v.as_i128().and_then(|i| i64::try_from(i).ok())
 }
 
 fn get_str<'m>(meta: &'m Metadata, key: &str) -> Result<Option<&'m str>, TokenizerError> {
@@ -72,7 +65,7 @@ fn get_str<'m>(meta: &'m Metadata, key: &str) -> Result<Option<&'m str>, Tokeniz
         Some(MetaValue::String(s)) => Ok(Some(s)),
         Some(v) => Err(TokenizerError::meta(
             key,
-            format!("expected a string, found {}", type_name(v)),
+            format!("expected a string, found {}", v.type_name()),
         )),
     }
 }
@@ -85,7 +78,7 @@ fn get_bool(meta: &Metadata, key: &str) -> Result<Option<bool>, TokenizerError> 
             Some(x) => Ok(Some(x != 0)),
             None => Err(TokenizerError::meta(
                 key,
-                format!("expected a bool, found {}", type_name(v)),
+                format!("expected a bool, found {}", v.type_name()),
             )),
         },
     }
@@ -100,7 +93,7 @@ fn get_id(meta: &Metadata, key: &str, n_vocab: usize) -> Result<Option<u32>, Tok
             Some(_) => Ok(None),
             None => Err(TokenizerError::meta(
                 key,
-                format!("expected an integer token id, found {}", type_name(v)),
+                format!("expected an integer token id, found {}", v.type_name()),
             )),
         },
     }
@@ -112,7 +105,7 @@ fn get_array<'m>(meta: &'m Metadata, key: &str) -> Result<Option<&'m [MetaValue]
         Some(MetaValue::Array(a)) => Ok(Some(a)),
         Some(v) => Err(TokenizerError::meta(
             key,
-            format!("expected an array, found {}", type_name(v)),
+            format!("expected an array, found {}", v.type_name()),
         )),
     }
 }
@@ -127,7 +120,7 @@ fn string_array(meta: &Metadata, key: &str) -> Result<Option<Vec<String>>, Token
             MetaValue::String(s) => Ok(s.clone()),
             v => Err(TokenizerError::meta(
                 key,
-                format!("entry {i} is not a string ({})", type_name(v)),
+                format!("entry {i} is not a string ({})", v.type_name()),
             )),
         })
         .collect::<Result<Vec<_>, _>>()
@@ -195,7 +188,7 @@ pub(crate) fn build(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
             let t = as_i64(v).ok_or_else(|| {
                 TokenizerError::meta(
                     K_TYPES,
-                    format!("entry {i} is not an integer ({})", type_name(v)),
+                    format!("entry {i} is not an integer ({})", v.type_name()),
                 )
             })?;
             attrs[i] = match t {
@@ -243,21 +236,7 @@ pub(crate) fn build(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
         Model::Bpe => {
             let pre = pre.expect("BPE has a pre-tokenizer");
             let tok = build_bpe(meta, &tokens, &attrs, &pre)?;
-            let pieces = tokens
-                .iter()
-                .zip(&attrs)
-                .map(|(t, &a)| {
-                    if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
-                        t.as_bytes().to_vec()
-                    } else if a & attr::NORMAL != 0 {
-                        byte_level_decode(t)
-                    } else if a & attr::BYTE != 0 {
-                        parse_byte_token(t).map(|b| vec![b]).unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
+            let pieces = token_pieces(&tokens, &attrs, byte_level_decode);
             let add_bos = get_bool(meta, "tokenizer.ggml.add_bos_token")?.unwrap_or(pre.add_bos);
             (
                 Backend::Bpe(Box::new(tok)),
@@ -296,7 +275,7 @@ pub(crate) fn build(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
                             ref v => as_i64(v).map(|x| x as f32).ok_or_else(|| {
                                 TokenizerError::meta(
                                     K_SCORES,
-                                    format!("entry {i} is not a number ({})", type_name(v)),
+                                    format!("entry {i} is not a number ({})", v.type_name()),
                                 )
                             }),
                         })
@@ -312,21 +291,7 @@ pub(crate) fn build(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
                 }
             }
             let add_space_prefix = add_space_prefix.unwrap_or(true);
-            let pieces = tokens
-                .iter()
-                .zip(&attrs)
-                .map(|(t, &a)| {
-                    if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
-                        t.as_bytes().to_vec()
-                    } else if a & attr::NORMAL != 0 {
-                        t.replace('\u{2581}', " ").into_bytes()
-                    } else if a & attr::BYTE != 0 {
-                        parse_byte_token(t).map(|b| vec![b]).unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
+            let pieces = token_pieces(&tokens, &attrs, |t| t.replace('\u{2581}', " ").into_bytes());
             let add_bos = get_bool(meta, "tokenizer.ggml.add_bos_token")?.unwrap_or(true);
             let spm = Spm {
                 scores,
