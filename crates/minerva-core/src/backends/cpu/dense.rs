@@ -74,11 +74,13 @@ impl HalfFloat for bf16 {
 /// `out[t, r] = dot(w[r, :], x[t, :])` for a `[n, k]` 16-bit weight.
 pub fn matmul_half<T: HalfFloat>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
     let tokens = x.len() / k;
-    parallel_rows(out, n, tokens, |r, acc| {
-        let wr = &w[r * k..(r + 1) * k];
-        for (t, o) in acc.iter_mut().enumerate() {
-            let xr = &x[t * k..(t + 1) * k];
-            *o = wr.iter().zip(xr).map(|(w, x)| w.widen() * x).sum();
+    parallel_rows(out, n, tokens, |rows, block| {
+        for (r, acc) in rows.zip(block.chunks_exact_mut(tokens)) {
+            let wr = &w[r * k..(r + 1) * k];
+            for (t, o) in acc.iter_mut().enumerate() {
+                let xr = &x[t * k..(t + 1) * k];
+                *o = wr.iter().zip(xr).map(|(w, x)| w.widen() * x).sum();
+            }
         }
     });
 }

@@ -5,37 +5,34 @@ pub mod dense;
 pub mod elementwise;
 pub mod quant;
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
-/// Runs `row(r, acc)` for every weight row `r < n` on the thread pool, where `acc` receives
-/// row `r`'s result for each of the `tokens` inputs; the results land in `out` as
-/// `[tokens, n]`. Rows are split into a few tasks per thread: enough to balance, few
-/// enough that scheduling stays far below the work.
-pub(crate) fn parallel_rows<F>(out: &mut [f32], n: usize, tokens: usize, row: F)
+/// Computes a `[tokens, n]` result in `out` by weight rows on the thread pool: `rows(range,
+/// block)` fills `block`, laid out `[range.len(), tokens]` (row-major by weight row), for the
+/// weight rows in `range`. Rows are split into a few tasks per thread: enough to balance,
+/// few enough that scheduling stays far below the work.
+pub(crate) fn parallel_rows<F>(out: &mut [f32], n: usize, tokens: usize, rows: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync,
+    F: Fn(Range<usize>, &mut [f32]) + Sync,
 {
     debug_assert_eq!(out.len(), n * tokens);
     let rows_per_task = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+    let task = |(i, block): (usize, &mut [f32])| {
+        let start = i * rows_per_task;
+        rows(start..start + block.len() / tokens, block);
+    };
     if tokens == 1 {
-        out.par_chunks_mut(rows_per_task)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    row(task * rows_per_task + i, std::slice::from_mut(o));
-                }
-            });
+        // `[1, n]` and `[n, 1]` are the same layout.
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(task);
         return;
     }
     let mut by_row = vec![0.0f32; n * tokens];
     by_row
         .par_chunks_mut(rows_per_task * tokens)
         .enumerate()
-        .for_each(|(task, chunk)| {
-            for (i, acc) in chunk.chunks_exact_mut(tokens).enumerate() {
-                row(task * rows_per_task + i, acc);
-            }
-        });
+        .for_each(task);
     for (r, acc) in by_row.chunks_exact(tokens).enumerate() {
         for (t, &v) in acc.iter().enumerate() {
             out[t * n + r] = v;

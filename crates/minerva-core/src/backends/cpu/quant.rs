@@ -120,17 +120,76 @@ pub fn matmul(dtype: DType, weight: &[u8], n: usize, k: usize, x: &[f32], out: &
     let tokens = x.len() / k;
     let act = Q8Activations::quantize(x, k);
     let row_bytes = k / QK * dtype.block_bytes();
-    let dot = dot_fn(dtype);
-    super::parallel_rows(out, n, tokens, |r, acc_row| {
-        let w = &weight[r * row_bytes..(r + 1) * row_bytes];
-        for (t, o) in acc_row.iter_mut().enumerate() {
-            *o = dot(w, act.token(t));
+    let kernels = kernels(dtype);
+    super::parallel_rows(out, n, tokens, |rows, block| {
+        // Tokens in chunks whose activations stay in L1 while the task's rows pass over them.
+        for t0 in (0..tokens).step_by(TOKEN_CHUNK) {
+            let t1 = (t0 + TOKEN_CHUNK).min(tokens);
+            for (r, acc) in rows.clone().zip(block.chunks_exact_mut(tokens)) {
+                let w = &weight[r * row_bytes..(r + 1) * row_bytes];
+                let mut t = t0;
+                if let Some(dot4) = kernels.dot4 {
+                    while t + 4 <= t1 {
+                        let xs = [
+                            act.token(t),
+                            act.token(t + 1),
+                            act.token(t + 2),
+                            act.token(t + 3),
+                        ];
+                        acc[t..t + 4].copy_from_slice(&dot4(w, &xs));
+                        t += 4;
+                    }
+                }
+                for (t, o) in acc.iter_mut().enumerate().take(t1).skip(t) {
+                    *o = (kernels.dot)(w, act.token(t));
+                }
+            }
         }
     });
 }
 
-type DotFn = fn(&[u8], Q8Row<'_>) -> f32;
+/// Tokens per pass over a task's weight rows in a multi-token matmul (32 tokens of 8-bit
+/// activations at k = 576 are 18 KB).
+const TOKEN_CHUNK: usize = 32;
 
+type DotFn = fn(&[u8], Q8Row<'_>) -> f32;
+/// One weight row against four tokens: unpacks each weight block once for all four.
+type Dot4Fn = fn(&[u8], &[Q8Row<'_>; 4]) -> [f32; 4];
+
+struct Kernels {
+    dot: DotFn,
+    dot4: Option<Dot4Fn>,
+}
+
+fn kernels(dtype: DType) -> Kernels {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        return match dtype {
+            DType::Q4_0 => Kernels {
+                dot: avx2::dot_q4_0,
+                dot4: Some(avx2::dot4_q4_0),
+            },
+            DType::Q4_1 => Kernels {
+                dot: avx2::dot_q4_1,
+                dot4: Some(avx2::dot4_q4_1),
+            },
+            DType::Q8_0 => Kernels {
+                dot: avx2::dot_q8_0,
+                dot4: None,
+            },
+            other => unreachable!("no quantized dot for {other}"),
+        };
+    }
+    Kernels {
+        dot: dot_fn(dtype),
+        dot4: None,
+    }
+}
+
+/// The best single-row kernel for `dtype` on this CPU.
 fn dot_fn(dtype: DType) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2")
@@ -259,6 +318,62 @@ mod avx2 {
             _mm256_maddubs_epi16(wq, xq),
             _mm256_set1_epi16(1),
         ))
+    }
+
+    pub fn dot4_q4_0(w: &[u8], xs: &[Q8Row<'_>; 4]) -> [f32; 4] {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot4_q4::<false>(w, xs) }
+    }
+
+    pub fn dot4_q4_1(w: &[u8], xs: &[Q8Row<'_>; 4]) -> [f32; 4] {
+        // SAFETY: as in `dot_q4_0`.
+        unsafe { dot4_q4::<true>(w, xs) }
+    }
+
+    /// One weight row against four tokens: each weight block is unpacked once, and the four
+    /// accumulators are independent chains.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot4_q4<const HAS_MIN: bool>(w: &[u8], xs: &[Q8Row<'_>; 4]) -> [f32; 4] {
+        let bb = if HAS_MIN { 20 } else { 18 };
+        let nb = xs[0].d.len();
+        assert!(w.len() >= nb * bb);
+        for x in xs {
+            assert!(x.d.len() == nb && x.s.len() == nb && x.qs.len() >= nb * QK);
+        }
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offset = _mm_setzero_ps();
+        for b in 0..nb {
+            let block = w.as_ptr().add(b * bb);
+            let dw = half(block);
+            let bytes = _mm_loadu_si128(block.add(bb - 16).cast());
+            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), mask);
+            for (t, x) in xs.iter().enumerate() {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones));
+                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(b));
+                acc[t] = _mm256_fmadd_ps(dot, scale, acc[t]);
+            }
+            let s = _mm_set_ps(
+                *xs[3].s.get_unchecked(b),
+                *xs[2].s.get_unchecked(b),
+                *xs[1].s.get_unchecked(b),
+                *xs[0].s.get_unchecked(b),
+            );
+            let factor = if HAS_MIN {
+                half(block.add(2))
+            } else {
+                -8.0 * dw
+            };
+            offset = _mm_fmadd_ps(_mm_set1_ps(factor), s, offset);
+        }
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), offset);
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o += hsum(a);
+        }
+        out
     }
 
     /// Two blocks per iteration into two accumulators, so consecutive fused multiply-adds do
@@ -453,7 +568,7 @@ mod tests {
 
     #[test]
     fn quantized_matmul_matches_dequantized_reference() {
-        let (n, k, tokens) = (37, 256, 3);
+        let (n, k, tokens) = (37, 256, 6);
         let x = pseudo_random(tokens * k, 7);
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let w = quantize_ref(dtype, &pseudo_random(n * k, 11));
@@ -485,12 +600,13 @@ mod tests {
                 _ => scalar::dot_q8_0,
             };
             let row_bytes = k / QK * dtype.block_bytes();
-            for r in 0..n {
+            // `out` came from the multi-token kernels (4 tokens at a time, then singles).
+            for (t, r) in (0..tokens).flat_map(|t| (0..n).map(move |r| (t, r))) {
                 let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-                let (a, b) = (dot_fn(dtype)(wr, act.token(1)), scalar(wr, act.token(1)));
+                let (a, b) = (out[t * n + r], scalar(wr, act.token(t)));
                 assert!(
                     (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-                    "{dtype} r{r}: {a} vs {b}"
+                    "{dtype} t{t} r{r}: {a} vs {b}"
                 );
             }
         }
