@@ -1,10 +1,12 @@
-//! `minerva`: chat with a local model, run one prompt, inspect a checkpoint, benchmark.
+//! `minerva`: chat with a local model, run one prompt, serve the OpenAI API, inspect a
+//! checkpoint, benchmark.
 
 mod bench;
 mod chat;
 mod inspect;
 mod model_path;
 mod options;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Answer one prompt (through the chat template unless --raw) and exit
     Run(chat::RunArgs),
+    /// Serve the OpenAI-compatible API and a web chat page
+    Serve(serve::ServeArgs),
     /// Show a checkpoint's metadata, tensors and config
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode speed
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Chat(args) => chat::chat(model, &args),
         Command::Run(args) => chat::run(model, &args),
+        Command::Serve(args) => serve::serve(model, &args),
         Command::Inspect(args) => inspect::inspect(model, &args),
         Command::Bench(args) => bench::bench(model, &args),
     }

@@ -68,6 +68,7 @@ impl GenerationArgs {
                 ..SamplerConfig::default()
             },
             stop: self.stop.clone(),
+            ..GenerateOptions::default()
         })
     }
 }

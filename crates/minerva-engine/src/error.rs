@@ -18,6 +18,8 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("the prompt has {tokens} tokens but the context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
+    #[error("no generation is in progress")]
+    NotGenerating,
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

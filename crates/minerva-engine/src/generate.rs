@@ -12,6 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::ContiguousKvCache;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
+use minerva_models::tokenizer::StreamDecoder;
 
 /// Longest prompt slice run through the model at once; bounds activation memory.
 const PREFILL_CHUNK: usize = 512;
@@ -34,6 +35,9 @@ pub struct GenerateOptions {
     pub sampler: SamplerConfig,
     /// Generation ends before any of these strings would be emitted.
     pub stop: Vec<String>,
+    /// Report each sampled token's log-probability and this many most likely alternatives
+    /// (None = no log-probabilities).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -42,6 +46,7 @@ impl Default for GenerateOptions {
             max_tokens: 256,
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -84,14 +89,68 @@ impl GenerationStats {
     }
 }
 
+/// One step of a generation (see [`Session::step`]).
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A slice of the prompt ran through the model; no token yet.
+    Prefill { done: usize, total: usize },
+    /// A token was sampled.
+    Token(SampledToken),
+    /// The generation ended; `text` is what was held back until now (possibly empty).
+    Finished {
+        text: String,
+        stats: GenerationStats,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SampledToken {
+    pub id: u32,
+    /// Text that became final with this token: may be empty (an unfinished character, or
+    /// text that could still be the start of a stop string) or include earlier tokens' text.
+    pub text: String,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// Log-probabilities under the model's distribution (before sampling settings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// The most likely tokens, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// A conversation's model state: the KV cache and the tokens it holds. Successive calls reuse
 /// the longest common prefix of the cached tokens and the new prompt, so a chat turn only
 /// pays for its new tokens.
+///
+/// Generation runs either in one call ([`generate`](Session::generate)) or step by step
+/// ([`start`](Session::start), then [`step`](Session::step) until `Step::Finished`), which lets
+/// a scheduler interleave many sessions and drop one between any two steps.
 pub struct Session<'m> {
     model: &'m dyn CausalLm,
     tokenizer: &'m Tokenizer,
     cache: ContiguousKvCache,
     tokens: Vec<u32>,
+    run: Option<Run<'m>>,
+}
+
+/// The state of the generation in progress.
+struct Run<'m> {
+    options: GenerateOptions,
+    prompt: Vec<u32>,
+    reused: usize,
+    /// Prompt tokens still to run through the model.
+    prefill_at: usize,
+    /// Logits for the next token, once the prompt (or the last token) has run.
+    logits: Option<Vec<f32>>,
+    sampler: Sampler,
+    decoder: StreamDecoder<&'m Tokenizer>,
+    stop: StopMatcher,
+    generated: usize,
+    started: Instant,
+    prefill_time: Duration,
+    decode_start: Option<Instant>,
 }
 
 impl<'m> Session<'m> {
@@ -105,12 +164,23 @@ impl<'m> Session<'m> {
             model,
             tokenizer,
             tokens: Vec::new(),
+            run: None,
         })
     }
 
     /// The tokens whose keys and values are cached.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// The most tokens this session's cache holds.
+    pub fn max_context(&self) -> usize {
+        self.cache.max_len()
+    }
+
+    /// Bytes the KV cache holds now.
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// Generates a continuation of `prompt`, passing each new piece of text to `on_text`;
@@ -121,6 +191,28 @@ impl<'m> Session<'m> {
         options: &GenerateOptions,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationStats> {
+        self.start(prompt, options)?;
+        loop {
+            let text = match self.step()? {
+                Step::Prefill { .. } => continue,
+                Step::Token(token) => token.text,
+                Step::Finished { text, stats } => {
+                    if !text.is_empty() {
+                        let _ = on_text(&text);
+                    }
+                    return Ok(stats);
+                }
+            };
+            if !text.is_empty() && on_text(&text).is_break() {
+                return Ok(self.cancel().expect("a generation is running"));
+            }
+        }
+    }
+
+    /// Begins generating a continuation of `prompt` (replacing any generation in progress);
+    /// the work happens in [`step`](Session::step).
+    pub fn start(&mut self, prompt: &[u32], options: &GenerateOptions) -> Result<()> {
+        self.run = None;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -134,70 +226,149 @@ impl<'m> Session<'m> {
         let reused = common_prefix(&self.tokens, prompt).min(prompt.len() - 1);
         self.cache.truncate(reused);
         self.tokens.truncate(reused);
+        self.run = Some(Run {
+            options: options.clone(),
+            prompt: prompt.to_vec(),
+            reused,
+            prefill_at: reused,
+            logits: None,
+            sampler: Sampler::new(options.sampler.clone()),
+            decoder: self.tokenizer.stream_decoder(),
+            stop: StopMatcher::new(&options.stop),
+            generated: 0,
+            started: Instant::now(),
+            prefill_time: Duration::ZERO,
+            decode_start: None,
+        });
+        Ok(())
+    }
 
-        let start = Instant::now();
-        let mut logits = Vec::new();
-        for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
+    /// Advances the generation in progress by one model pass: a prompt chunk, or one token.
+    /// Errors if none is in progress.
+    pub fn step(&mut self) -> Result<Step> {
+        let run = self.run.as_mut().ok_or(EngineError::NotGenerating)?;
+        if run.prefill_at < run.prompt.len() {
+            let end = (run.prefill_at + PREFILL_CHUNK).min(run.prompt.len());
+            let chunk = &run.prompt[run.prefill_at..end];
             let out = forward(self.model, chunk, &mut self.cache, Logits::Last)?;
             self.tokens.extend_from_slice(chunk);
-            logits = out.to_f32_vec()?;
+            run.prefill_at = end;
+            if end < run.prompt.len() {
+                return Ok(Step::Prefill {
+                    done: end,
+                    total: run.prompt.len(),
+                });
+            }
+            run.logits = Some(out.to_f32_vec()?);
+            run.prefill_time = run.started.elapsed();
+            run.decode_start = Some(Instant::now());
         }
-        let prefill_time = start.elapsed();
-
-        let mut sampler = Sampler::new(options.sampler.clone());
-        let mut decoder = self.tokenizer.stream_decoder();
-        let mut stop = StopMatcher::new(&options.stop);
-        let mut generated = 0;
-        let decode_start = Instant::now();
-        let finish = loop {
-            if generated == options.max_tokens {
-                break FinishReason::Length;
+        if run.generated == run.options.max_tokens {
+            return Ok(self.finish(FinishReason::Length));
+        }
+        let logits = match run.logits.take() {
+            Some(logits) => logits,
+            None => {
+                if self.cache.len() == self.cache.max_len() {
+                    return Ok(self.finish(FinishReason::ContextFull));
+                }
+                let last = *self.tokens.last().expect("a prompt token ran");
+                forward(self.model, &[last], &mut self.cache, Logits::Last)?.to_f32_vec()?
             }
-            let next = sampler.sample(&logits, &self.tokens);
-            generated += 1;
-            if self.tokenizer.is_eog(next) {
-                break FinishReason::EndOfText;
-            }
-            let piece = decoder.push(next)?.unwrap_or_default();
-            let (emit, stopped) = stop.push(&piece);
-            if !emit.is_empty() && on_text(&emit).is_break() {
-                break FinishReason::Cancelled;
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if generated == options.max_tokens {
-                break FinishReason::Length;
-            }
-            if self.cache.len() == self.cache.max_len() {
-                break FinishReason::ContextFull;
-            }
-            logits = self
-                .model
-                .forward(&[next], &mut self.cache, Logits::Last)?
-                .to_f32_vec()?;
-            self.tokens.push(next);
         };
-        if matches!(
+        let id = run.sampler.sample(&logits, &self.tokens);
+        run.generated += 1;
+        if self.tokenizer.is_eog(id) {
+            return Ok(self.finish(FinishReason::EndOfText));
+        }
+        let logprobs = run
+            .options
+            .logprobs
+            .map(|top| token_logprobs(&logits, id, top));
+        let piece = run.decoder.push(id)?.unwrap_or_default();
+        let (text, stopped) = run.stop.push(&piece);
+        self.tokens.push(id);
+        if stopped {
+            // Emit the text before the stop string with this token, then end.
+            let mut finished = self.finish(FinishReason::Stop);
+            if let Step::Finished { text: rest, .. } = &mut finished {
+                *rest = text;
+            }
+            return Ok(finished);
+        }
+        Ok(Step::Token(SampledToken { id, text, logprobs }))
+    }
+
+    /// Stops the generation in progress, if any, and returns its statistics.
+    pub fn cancel(&mut self) -> Option<GenerationStats> {
+        let run = self.run.take()?;
+        Some(run.stats(FinishReason::Cancelled))
+    }
+
+    fn finish(&mut self, finish: FinishReason) -> Step {
+        let mut run = self.run.take().expect("a generation is running");
+        let mut text = String::new();
+        if finish != FinishReason::Stop {
+            let tail = run.decoder.finish().unwrap_or_default();
+            let (emit, _) = run.stop.push(&tail);
+            text = emit + &run.stop.finish();
+        }
+        Step::Finished {
+            text,
+            stats: run.stats(finish),
+        }
+    }
+}
+
+impl Run<'_> {
+    fn stats(&self, finish: FinishReason) -> GenerationStats {
+        GenerationStats {
+            prompt_tokens: self.prompt.len(),
+            reused_tokens: self.reused,
+            generated_tokens: self.generated,
+            prefill_time: self.prefill_time,
+            decode_time: self.decode_start.map_or(Duration::ZERO, |t| t.elapsed()),
             finish,
-            FinishReason::Length | FinishReason::EndOfText | FinishReason::ContextFull
-        ) {
-            let rest = stop.finish();
-            if !rest.is_empty() {
-                let _ = on_text(&rest);
+        }
+    }
+}
+
+/// The log-probability of `id` and of the `top` most likely tokens under `logits`.
+fn token_logprobs(logits: &[f32], id: u32, top: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
             }
         }
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
-            reused_tokens: reused,
-            generated_tokens: generated,
-            prefill_time,
-            decode_time: decode_start.elapsed(),
-            finish,
-        })
+    }
+    TokenLogprobs {
+        logprob: logits[id as usize] - log_total,
+        top: best.into_iter().map(|(t, l)| (t, l - log_total)).collect(),
     }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_log_softmax_with_sorted_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let lp = token_logprobs(&logits, 2, 2);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp.logprob - (2f32.exp() / total).ln()).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        assert!((lp.top[0].1 - (3f32.exp() / total).ln()).abs() < 1e-6);
+        assert!(token_logprobs(&logits, 0, 0).top.is_empty());
+    }
 }

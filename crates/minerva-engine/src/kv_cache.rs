@@ -55,6 +55,15 @@ impl ContiguousKvCache {
         self.max_len
     }
 
+    /// Bytes allocated for keys and values (capacity, not just the tokens held).
+    pub fn bytes(&self) -> usize {
+        2 * self.layers.len()
+            * self.kv_heads
+            * self.capacity
+            * self.head_dim
+            * self.dtype.block_bytes()
+    }
+
     /// Forgets everything after the first `len` tokens (to reuse a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

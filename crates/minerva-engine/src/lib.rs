@@ -24,6 +24,9 @@ mod stop;
 
 pub use engine::Engine;
 pub use error::{EngineError, Result};
-pub use generate::{forward, FinishReason, GenerateOptions, GenerationStats, Session};
+pub use generate::{
+    forward, FinishReason, GenerateOptions, GenerationStats, SampledToken, Session, Step,
+    TokenLogprobs,
+};
 pub use kv_cache::ContiguousKvCache;
 pub use sampler::{Sampler, SamplerConfig};

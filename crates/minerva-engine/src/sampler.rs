@@ -1,6 +1,8 @@
 //! Turning logits into the next token: greedy or temperature sampling with top-k, top-p,
 //! min-p and a repetition penalty, reproducible under a seed.
 
+use std::collections::HashMap;
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -18,6 +20,11 @@ pub struct SamplerConfig {
     pub repetition_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repetition_window: usize,
+    /// OpenAI's penalties over the tokens this sampler has produced: subtract `presence`
+    /// from the logit of every token produced at least once, and `frequency` times the
+    /// number of times it was produced (0 = off).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
     pub seed: Option<u64>,
 }
 
@@ -30,6 +37,8 @@ impl Default for SamplerConfig {
             min_p: 0.0,
             repetition_penalty: 1.0,
             repetition_window: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: None,
         }
     }
@@ -38,6 +47,8 @@ impl Default for SamplerConfig {
 pub struct Sampler {
     config: SamplerConfig,
     rng: StdRng,
+    /// How often each token was sampled so far (for the presence/frequency penalties).
+    produced: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -46,7 +57,11 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::seed_from_u64(rand::random()),
         };
-        Sampler { config, rng }
+        Sampler {
+            config,
+            rng,
+            produced: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -55,6 +70,12 @@ impl Sampler {
 
     /// Picks the next token from `logits`, given the tokens so far (`history`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let token = self.pick(logits, history);
+        *self.produced.entry(token).or_default() += 1;
+        token
+    }
+
+    fn pick(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let c = &self.config;
         let mut logits = std::borrow::Cow::Borrowed(logits);
         if c.repetition_penalty != 1.0 {
@@ -70,6 +91,14 @@ impl Sampler {
                     } else {
                         *v * c.repetition_penalty
                     };
+                }
+            }
+        }
+        if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+            let l = logits.to_mut();
+            for (&t, &n) in &self.produced {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v -= c.presence_penalty + c.frequency_penalty * n as f32;
                 }
             }
         }
@@ -144,6 +173,21 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_produced_tokens() {
+        let logits = [0.0, 1.0, 0.55];
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 0.2,
+            frequency_penalty: 0.1,
+            ..Default::default()
+        });
+        // Token 1 scores 1.0, then 0.7, 0.6, 0.5 after 0, 1, 2, 3 uses; token 2 stays 0.55.
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(picks, [1, 1, 1, 2]);
+        let mut plain = Sampler::new(SamplerConfig::default());
+        assert!((0..5).all(|_| plain.sample(&logits, &[]) == 1));
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! Stop strings over streamed text: text is held back only while it could still be the start
 //! of a stop string, and nothing from a stop string onwards is ever emitted.
 
-pub struct StopMatcher<'a> {
-    stops: &'a [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl<'a> StopMatcher<'a> {
-    pub fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
         StopMatcher {
-            stops,
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             pending: String::new(),
         }
     }
@@ -21,7 +21,6 @@ impl<'a> StopMatcher<'a> {
         let found = self
             .stops
             .iter()
-            .filter(|s| !s.is_empty())
             .filter_map(|s| self.pending.find(s.as_str()))
             .min();
         if let Some(at) = found {

@@ -262,6 +262,12 @@ impl Tokenizer {
         self.tokens.get(id as usize).cloned()
     }
 
+    /// The bytes `id` decodes to on its own, special tokens spelled out (OpenAI logprobs
+    /// report these; a piece of a multi-byte character is not valid UTF-8 by itself).
+    pub fn token_bytes(&self, id: u32) -> Result<&[u8], TokenizerError> {
+        self.piece(id, false, false)
+    }
+
     /// Whether `id` is a control token (rendered only when special tokens are shown).
     pub fn is_control(&self, id: u32) -> bool {
         self.attrs

@@ -1,0 +1,266 @@
+//! The scheduler: one thread that owns the model's compute. Requests wait in a bounded FIFO
+//! queue; up to `max_concurrent` generations run at once, advanced one model pass each in
+//! turn (round robin), so a long answer cannot starve a short one. A generation whose
+//! receiver is gone (the client disconnected) is dropped before its next pass, freeing its
+//! KV cache. Real batching of the active generations comes with the paged KV cache.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use minerva_engine::{Engine, GenerateOptions, GenerationStats, SampledToken, Session, Step};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// What a generation reports, in order: tokens, then exactly one `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Token(SampledToken),
+    Finished {
+        text: String,
+        stats: GenerationStats,
+    },
+    Failed(String),
+}
+
+pub type Events = mpsc::UnboundedReceiver<Event>;
+
+/// One generation to run.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub options: GenerateOptions,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Generations advanced together.
+    pub max_concurrent: usize,
+    /// Generations waiting for a slot; more are refused.
+    pub max_queue: usize,
+    /// KV cache tokens per generation (None: the model's context length).
+    pub max_context: Option<usize>,
+}
+
+/// The queue was full: the request is refused (HTTP 429).
+#[derive(Debug)]
+pub struct QueueFull;
+
+struct Queued {
+    job: Job,
+    events: mpsc::UnboundedSender<Event>,
+    submitted: Instant,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Queued>>,
+    wake: Condvar,
+    /// Generations admitted and not yet ended (queued or active); the scheduler thread
+    /// decrements it as each ends.
+    in_flight: Mutex<usize>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: AtomicBool,
+}
+
+/// Handle to the scheduler thread; dropping it stops the thread after the current pass.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    pub fn start(engine: Arc<Engine>, limits: Limits, metrics: Arc<Metrics>) -> Scheduler {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            in_flight: Mutex::new(0),
+            limits,
+            metrics,
+            shutdown: AtomicBool::new(false),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("minerva-scheduler".into())
+            .spawn(move || run(&engine, &worker))
+            .expect("spawning the scheduler thread");
+        Scheduler {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Queues `jobs` together (all or none), returning one event receiver per job.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<Vec<Events>, QueueFull> {
+        let limits = self.shared.limits;
+        {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if *in_flight + jobs.len() > limits.max_concurrent + limits.max_queue {
+                return Err(QueueFull);
+            }
+            *in_flight += jobs.len();
+        }
+        let submitted = Instant::now();
+        let mut receivers = Vec::with_capacity(jobs.len());
+        let mut queue = lock(&self.shared.queue);
+        for job in jobs {
+            let (events, rx) = mpsc::unbounded_channel();
+            queue.push_back(Queued {
+                job,
+                events,
+                submitted,
+            });
+            receivers.push(rx);
+        }
+        self.shared.metrics.queue_depth.set(queue.len() as i64);
+        self.shared.wake.notify_one();
+        Ok(receivers)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update of plain counters and
+    // queues, which stay structurally valid.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A generation being advanced.
+struct Active<'e> {
+    session: Session<'e>,
+    events: mpsc::UnboundedSender<Event>,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+fn run(engine: &Engine, shared: &Shared) {
+    let mut active: Vec<Active<'_>> = Vec::new();
+    while !shared.shutdown.load(Ordering::Acquire) {
+        admit(engine, shared, &mut active);
+        if active.is_empty() {
+            let queue = lock(&shared.queue);
+            if queue.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
+                drop(shared.wake.wait(queue));
+            }
+            continue;
+        }
+        let before = active.len();
+        active.retain_mut(|gen| advance(gen, &shared.metrics));
+        end(shared, before - active.len());
+        publish_kv(&shared.metrics, &active);
+    }
+}
+
+/// Moves queued jobs into free slots (dropping those whose client already left).
+fn admit<'e>(engine: &'e Engine, shared: &Shared, active: &mut Vec<Active<'e>>) {
+    let mut queue = lock(&shared.queue);
+    let before = queue.len();
+    queue.retain(|q| !q.events.is_closed());
+    let mut ended = before - queue.len();
+    shared.metrics.cancelled.inc_by(ended as u64);
+    while active.len() < shared.limits.max_concurrent {
+        let Some(q) = queue.pop_front() else { break };
+        let started = engine
+            .session(shared.limits.max_context)
+            .and_then(|mut session| {
+                session
+                    .start(&q.job.prompt, &q.job.options)
+                    .map(|_| session)
+            });
+        match started {
+            Ok(session) => {
+                shared
+                    .metrics
+                    .prompt_tokens
+                    .inc_by(q.job.prompt.len() as u64);
+                active.push(Active {
+                    session,
+                    events: q.events,
+                    submitted: q.submitted,
+                    last_token: None,
+                });
+            }
+            Err(err) => {
+                let _ = q.events.send(Event::Failed(err.to_string()));
+                ended += 1;
+            }
+        }
+    }
+    shared.metrics.queue_depth.set(queue.len() as i64);
+    shared.metrics.active.set(active.len() as i64);
+    drop(queue);
+    end(shared, ended);
+}
+
+/// Runs one pass of `gen`; false once it has ended (finished, failed or abandoned).
+fn advance(gen: &mut Active<'_>, metrics: &Metrics) -> bool {
+    if gen.events.is_closed() {
+        metrics.cancelled.inc();
+        return false;
+    }
+    match gen.session.step() {
+        Ok(Step::Prefill { .. }) => true,
+        Ok(Step::Token(token)) => {
+            let now = Instant::now();
+            match gen.last_token {
+                None => metrics
+                    .time_to_first_token
+                    .observe((now - gen.submitted).as_secs_f64()),
+                Some(last) => metrics
+                    .inter_token_latency
+                    .observe((now - last).as_secs_f64()),
+            }
+            gen.last_token = Some(now);
+            metrics.generated_tokens.inc();
+            gen.events.send(Event::Token(token)).is_ok()
+        }
+        Ok(Step::Finished { text, stats }) => {
+            // The final token (end of text, or the one completing a stop string) produced
+            // no `Token` step but was generated.
+            if matches!(
+                stats.finish,
+                minerva_engine::FinishReason::EndOfText | minerva_engine::FinishReason::Stop
+            ) {
+                metrics.generated_tokens.inc();
+            }
+            let _ = gen.events.send(Event::Finished { text, stats });
+            false
+        }
+        Err(err) => {
+            let _ = gen.events.send(Event::Failed(err.to_string()));
+            false
+        }
+    }
+}
+
+fn end(shared: &Shared, ended: usize) {
+    if ended > 0 {
+        let mut in_flight = lock(&shared.in_flight);
+        *in_flight = in_flight.saturating_sub(ended);
+    }
+}
+
+fn publish_kv(metrics: &Metrics, active: &[Active<'_>]) {
+    metrics.active.set(active.len() as i64);
+    metrics
+        .kv_tokens
+        .set(active.iter().map(|g| g.session.tokens().len() as i64).sum());
+    metrics
+        .kv_bytes
+        .set(active.iter().map(|g| g.session.kv_bytes() as i64).sum());
+}
