@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn bad_bodies_name_the_problem() {
-        let err = parse(b"{\"model\": 1").unwrap_err();
+        let err = parse(b"{\"model\": \"m\"").unwrap_err();
         assert!(err.message.contains("not valid JSON"), "{}", err.message);
         let err = parse(b"{\"model\":\"m\",\"temperature\":\"hot\"}").unwrap_err();
         assert_eq!(err.param.as_deref(), Some("temperature"));
