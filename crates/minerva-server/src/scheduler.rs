@@ -227,7 +227,11 @@ fn advance(gen: &mut Active<'_>, metrics: &Metrics) -> bool {
             }
             gen.last_token = Some(now);
             metrics.generated_tokens.inc();
-            gen.events.send(Event::Token(token)).is_ok()
+            let delivered = gen.events.send(Event::Token(token)).is_ok();
+            if !delivered {
+                metrics.cancelled.inc();
+            }
+            delivered
         }
         Ok(Step::Finished { text, stats }) => {
             // The final token (end of text, or the one completing a stop string) produced
