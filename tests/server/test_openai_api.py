@@ -211,6 +211,9 @@ def test_429_when_the_queue_is_full():
         with pytest.raises(openai.RateLimitError) as e:
             chat(c, busy.model, max_tokens=2)
         assert error_of(e)["code"] == "queue_full"
+        # More choices than the server could ever hold at once is a bad request, not a 429.
+        with pytest.raises(openai.BadRequestError):
+            chat(c, busy.model, max_tokens=2, n=2)
         assert e.value.response.headers.get("retry-after") == "1"
         stream.close()
         # The slot frees once the abandoned stream is dropped.

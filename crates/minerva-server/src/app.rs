@@ -158,7 +158,12 @@ async fn get_model(
     Ok(Json(model_card(&app)))
 }
 
-fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<request::Request, ApiError> {
+/// The checks every generation request passes first: a readable body, a loaded model, and
+/// the right model name.
+fn accept(
+    app: &App,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(request::Request, &Ready), ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::body_too_large(BODY_LIMIT)
@@ -169,16 +174,17 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<request::Request, A
             )
         }
     })?;
-    request::parse(&body)
+    let req = request::parse(&body)?;
+    let ready = app.ready()?;
+    app.check_model(req.model()?)?;
+    Ok((req, ready))
 }
 
 async fn chat_completions(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = parse_body(body)?;
-    let ready = app.ready()?;
-    app.check_model(req.model()?)?;
+    let (req, ready) = accept(&app, body)?;
     let logprobs = req.chat_logprobs()?;
     let plan = req.plan(req.max_completion_tokens.or(req.max_tokens), None, logprobs)?;
     let messages = req.chat_messages()?;
@@ -193,9 +199,7 @@ async fn completions(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = parse_body(body)?;
-    let ready = app.ready()?;
-    app.check_model(req.model()?)?;
+    let (req, ready) = accept(&app, body)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(
             Some("suffix"),
@@ -281,6 +285,17 @@ async fn generate(
             });
             echo.push(text.clone());
         }
+    }
+    let limits = ready.scheduler.limits();
+    let capacity = limits.max_concurrent + limits.max_queue;
+    if jobs.len() > capacity {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!(
+                "The request needs {} generations but this server holds at most {capacity} at once.",
+                jobs.len()
+            ),
+        ));
     }
     let receivers = ready
         .scheduler

@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -35,74 +35,80 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut m = Metrics {
-            registry: Registry::with_prefix("minerva"),
-            requests: Family::default(),
-            prompt_tokens: Counter::default(),
-            generated_tokens: Counter::default(),
-            cancelled: Counter::default(),
-            queue_depth: Gauge::default(),
-            active: Gauge::default(),
-            kv_tokens: Gauge::default(),
-            kv_bytes: Gauge::default(),
-            // 1 ms .. ~65 s.
-            time_to_first_token: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            // 0.5 ms .. ~1 s.
-            inter_token_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
-        };
-        let r = &mut m.registry;
-        r.register(
-            "requests",
-            "HTTP API requests by endpoint and status",
-            m.requests.clone(),
-        );
-        r.register(
-            "prompt_tokens",
-            "Prompt tokens admitted for generation",
-            m.prompt_tokens.clone(),
-        );
-        r.register(
-            "generated_tokens",
-            "Tokens generated",
-            m.generated_tokens.clone(),
-        );
-        r.register(
-            "cancelled_generations",
-            "Generations dropped because the client disconnected",
-            m.cancelled.clone(),
-        );
-        r.register(
-            "queue_depth",
-            "Generations waiting for a slot",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "active_generations",
-            "Generations in progress",
-            m.active.clone(),
-        );
-        r.register(
-            "kv_cache_tokens",
-            "Tokens held in KV caches",
-            m.kv_tokens.clone(),
-        );
-        r.register(
-            "kv_cache_bytes",
-            "Bytes allocated for KV caches",
-            m.kv_bytes.clone(),
-        );
-        r.register(
-            "time_to_first_token_seconds",
-            "From request to first generated token, queueing included",
-            m.time_to_first_token.clone(),
-        );
-        r.register(
-            "inter_token_latency_seconds",
-            "Time between successive tokens of one generation",
-            m.inter_token_latency.clone(),
-        );
-        m
+        let mut registry = Registry::with_prefix("minerva");
+        let r = &mut registry;
+        Metrics {
+            requests: registered(
+                r,
+                "requests",
+                "HTTP API requests by endpoint and status",
+                Family::default(),
+            ),
+            prompt_tokens: registered(
+                r,
+                "prompt_tokens",
+                "Prompt tokens admitted for generation",
+                Counter::default(),
+            ),
+            generated_tokens: registered(
+                r,
+                "generated_tokens",
+                "Tokens generated",
+                Counter::default(),
+            ),
+            cancelled: registered(
+                r,
+                "cancelled_generations",
+                "Generations dropped because the client disconnected",
+                Counter::default(),
+            ),
+            queue_depth: registered(
+                r,
+                "queue_depth",
+                "Generations waiting for a slot",
+                Gauge::default(),
+            ),
+            active: registered(
+                r,
+                "active_generations",
+                "Generations in progress",
+                Gauge::default(),
+            ),
+            kv_tokens: registered(
+                r,
+                "kv_cache_tokens",
+                "Tokens held in KV caches",
+                Gauge::default(),
+            ),
+            kv_bytes: registered(
+                r,
+                "kv_cache_bytes",
+                "Bytes allocated for KV caches",
+                Gauge::default(),
+            ),
+            time_to_first_token: registered(
+                r,
+                "time_to_first_token_seconds",
+                "From request to first generated token, queueing included",
+                // 1 ms .. ~65 s.
+                Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            ),
+            inter_token_latency: registered(
+                r,
+                "inter_token_latency_seconds",
+                "Time between successive tokens of one generation",
+                // 0.5 ms .. ~1 s.
+                Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
+            ),
+            registry,
+        }
     }
+}
+
+/// Registers `metric` under `name` and returns it (metrics are shared handles).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
