@@ -110,12 +110,14 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l / c.temperature))
             .collect();
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if c.top_k > 0 {
+        if c.top_k > 0 && c.top_k < candidates.len() {
+            candidates.select_nth_unstable_by(c.top_k - 1, by_score_desc);
             candidates.truncate(c.top_k);
         }
-        // Softmax over the survivors (sorted, so the first is the max).
-        let max = candidates[0].1;
+        // Softmax over the survivors.
+        let max = candidates
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, cand| m.max(cand.1));
         let mut total = 0.0;
         for cand in &mut candidates {
             cand.1 = (cand.1 - max).exp();
@@ -123,19 +125,12 @@ impl Sampler {
         }
         candidates.iter_mut().for_each(|cand| cand.1 /= total);
         if c.min_p > 0.0 {
-            let floor = candidates[0].1 * c.min_p;
+            // The most likely token has probability exp(0) / total.
+            let floor = c.min_p / total;
             candidates.retain(|cand| cand.1 >= floor);
         }
         if c.top_p < 1.0 {
-            let mut mass = 0.0;
-            let keep = candidates
-                .iter()
-                .position(|cand| {
-                    mass += cand.1;
-                    mass >= c.top_p
-                })
-                .map_or(candidates.len(), |i| i + 1);
-            candidates.truncate(keep);
+            keep_nucleus(&mut candidates, c.top_p);
         }
         let total: f32 = candidates.iter().map(|cand| cand.1).sum();
         let mut r = self.rng.random::<f32>() * total;
@@ -146,6 +141,36 @@ impl Sampler {
             }
         }
         candidates.last().map_or(0, |cand| cand.0)
+    }
+}
+
+fn by_score_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1)
+}
+
+/// Keeps the most likely candidates whose probabilities first reach `top_p`, most likely
+/// first. Sorts only as many as needed: the nucleus is usually a few dozen tokens of a vocab
+/// of tens of thousands, and a full sort per token would cost more than the forward pass's
+/// sampling budget.
+fn keep_nucleus(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
+    let mut k = 64.min(candidates.len());
+    loop {
+        if k < candidates.len() {
+            candidates.select_nth_unstable_by(k - 1, by_score_desc);
+        }
+        candidates[..k].sort_unstable_by(by_score_desc);
+        let mut mass = 0.0;
+        if let Some(i) = candidates[..k].iter().position(|cand| {
+            mass += cand.1;
+            mass >= top_p
+        }) {
+            candidates.truncate(i + 1);
+            return;
+        }
+        if k == candidates.len() {
+            return;
+        }
+        k = (k * 4).min(candidates.len());
     }
 }
 
@@ -214,6 +239,19 @@ mod tests {
             draw(&cfg).iter().any(|&t| t != 1),
             "sampling at T=1 should not always pick the max"
         );
+    }
+
+    #[test]
+    fn nucleus_grows_until_the_mass_is_reached() {
+        // 1000 equally likely tokens: 0.5 of the mass needs 500 of them (several rounds).
+        let mut flat: Vec<(u32, f32)> = (0..1000).map(|i| (i, 0.001)).collect();
+        keep_nucleus(&mut flat, 0.5);
+        assert!((499..=501).contains(&flat.len()), "{}", flat.len());
+        let mut peaked: Vec<(u32, f32)> = (0..1000)
+            .map(|i| (i, if i == 7 { 0.95 } else { 0.05 / 999.0 }))
+            .collect();
+        keep_nucleus(&mut peaked, 0.9);
+        assert_eq!(peaked, [(7, 0.95)]);
     }
 
     #[test]
