@@ -71,18 +71,37 @@ impl Storage {
 #[derive(Clone)]
 pub struct Array {
     storage: Arc<Storage>,
+    /// Where this array's bytes start in `storage` (views share storage).
+    offset: usize,
     dtype: DType,
     shape: Vec<usize>,
+    /// Scales and biases of dtypes that keep them beside the codes (MLX affine, MXFP4).
+    quant: Option<Arc<GroupParams>>,
+}
+
+/// The per-group parameters of an MLX-style quantized array: `scales` (and for affine,
+/// `biases`) shaped like the array with the last axis divided by the group size.
+#[derive(Clone, Debug)]
+pub struct GroupParams {
+    pub scales: Array,
+    pub biases: Option<Array>,
 }
 
 impl Array {
     /// A zero-filled array.
     pub fn zeros(dtype: DType, shape: &[usize]) -> Result<Array> {
+        if dtype.has_group_params() {
+            return Err(Error::Unsupported(format!(
+                "a zero {dtype} array (its group parameters are separate arrays)"
+            )));
+        }
         let len = byte_len(dtype, shape)?;
         Ok(Array {
             storage: Arc::new(Storage::host_zeroed(len)),
+            offset: 0,
             dtype,
             shape: shape.to_vec(),
+            quant: None,
         })
     }
 
@@ -130,8 +149,111 @@ impl Array {
         debug_assert!(end <= map.len());
         Ok(Array {
             storage: Arc::new(Storage::Mapped { map, offset, len }),
+            offset: 0,
             dtype,
             shape: shape.to_vec(),
+            quant: None,
+        })
+    }
+
+    /// An MLX-style quantized array: `codes` (any dtype; only its bytes are used) read as
+    /// `dtype` values of `shape`, with per-group `scales` and, for affine, `biases`, both
+    /// shaped like `shape` with the last axis divided by the group size. Nothing is copied.
+    pub fn quantized(
+        codes: &Array,
+        dtype: DType,
+        shape: &[usize],
+        scales: Array,
+        biases: Option<Array>,
+    ) -> Result<Array> {
+        if !dtype.has_group_params() {
+            return Err(Error::Unsupported(format!(
+                "{dtype} keeps its scales inside its blocks"
+            )));
+        }
+        let len = byte_len(dtype, shape)?;
+        if codes.host_bytes().len() != len {
+            return Err(Error::Shape(format!(
+                "{dtype} codes of {shape:?} take {len} bytes, got {}",
+                codes.host_bytes().len()
+            )));
+        }
+        let mut group_shape = shape.to_vec();
+        *group_shape
+            .last_mut()
+            .expect("byte_len checked the last axis") /= dtype.block_len();
+        if scales.shape() != group_shape.as_slice() {
+            return Err(Error::Shape(format!(
+                "{dtype} scales have shape {:?}, expected {group_shape:?}",
+                scales.shape()
+            )));
+        }
+        let scale_ok = match dtype {
+            DType::Mxfp4 => scales.dtype() == DType::U8,
+            _ => matches!(scales.dtype(), DType::F32 | DType::F16 | DType::BF16),
+        };
+        if !scale_ok {
+            return Err(Error::Shape(format!(
+                "{dtype} scales cannot be {}",
+                scales.dtype()
+            )));
+        }
+        match (&biases, dtype) {
+            (None, DType::Affine { .. }) => {
+                return Err(Error::Shape(format!("{dtype} needs biases")))
+            }
+            (Some(_), DType::Mxfp4) => return Err(Error::Shape("mxfp4 has no biases".into())),
+            (Some(b), _) if b.shape() != scales.shape() || b.dtype() != scales.dtype() => {
+                return Err(Error::Shape(format!(
+                    "{dtype} biases {} {:?} do not match scales {} {:?}",
+                    b.dtype(),
+                    b.shape(),
+                    scales.dtype(),
+                    scales.shape()
+                )))
+            }
+            _ => {}
+        }
+        Ok(Array {
+            storage: Arc::clone(&codes.storage),
+            offset: codes.offset,
+            dtype,
+            shape: shape.to_vec(),
+            quant: Some(Arc::new(GroupParams { scales, biases })),
+        })
+    }
+
+    /// Scales and biases of an MLX-style quantized array.
+    pub fn quant(&self) -> Option<&GroupParams> {
+        self.quant.as_deref()
+    }
+
+    /// Element `i` of the first axis, as a view sharing this array's storage (an expert's
+    /// weight matrix out of `[experts, out, in]`, say).
+    pub fn index(&self, i: usize) -> Result<Array> {
+        let Some((&first, rest)) = self.shape.split_first() else {
+            return Err(Error::Shape("cannot index a scalar".into()));
+        };
+        if i >= first {
+            return Err(Error::Shape(format!(
+                "index {i} out of range for {:?}",
+                self.shape
+            )));
+        }
+        let stride = byte_len(self.dtype, rest)?;
+        let quant = match &self.quant {
+            Some(q) => Some(Arc::new(GroupParams {
+                scales: q.scales.index(i)?,
+                biases: q.biases.as_ref().map(|b| b.index(i)).transpose()?,
+            })),
+            None => None,
+        };
+        Ok(Array {
+            storage: Arc::clone(&self.storage),
+            offset: self.offset + i * stride,
+            dtype: self.dtype,
+            shape: rest.to_vec(),
+            quant,
         })
     }
 
@@ -174,28 +296,46 @@ impl Array {
                 self.dtype, self.shape
             )));
         }
+        if self.quant.is_some() {
+            return Err(Error::Unsupported(format!(
+                "reshaping a {} array",
+                self.dtype
+            )));
+        }
         Ok(Array {
             storage: Arc::clone(&self.storage),
+            offset: self.offset,
             dtype: self.dtype,
             shape: shape.to_vec(),
+            quant: None,
         })
+    }
+
+    fn byte_range(&self) -> std::ops::Range<usize> {
+        // The shape was validated when the array was made.
+        let len = byte_len(self.dtype, &self.shape).unwrap_or(0);
+        self.offset..self.offset + len
     }
 
     /// Raw bytes of the array (host memory).
     pub fn host_bytes(&self) -> &[u8] {
-        self.storage.bytes()
+        &self.storage.bytes()[self.byte_range()]
     }
 
-    /// Mutable raw bytes; copies the storage first when it is shared or mapped.
+    /// Mutable raw bytes; copies the array's bytes first when its storage is shared, mapped
+    /// or larger than the array (a view).
     pub fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
-        if Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
-            let bytes = self.storage.bytes();
+        let range = self.byte_range();
+        let whole = range.start == 0 && range.end == self.storage.bytes().len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
+            let bytes = &self.storage.bytes()[range.clone()];
             let mut fresh = Storage::host_zeroed(bytes.len());
             fresh
                 .bytes_mut()
                 .expect("host storage is writable")
                 .copy_from_slice(bytes);
             self.storage = Arc::new(fresh);
+            self.offset = 0;
         }
         let storage = Arc::get_mut(&mut self.storage).expect("storage was just made unique");
         Ok(storage.bytes_mut().expect("host storage is writable"))
@@ -259,6 +399,12 @@ impl Array {
             DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
                 let mut out = vec![0.0; self.numel()];
                 crate::backends::cpu::quant::dequantize(self.dtype, bytes, &mut out);
+                out
+            }
+            DType::Affine { .. } | DType::Mxfp4 => {
+                let mut out = vec![0.0; self.numel()];
+                let view = crate::backends::cpu::grouped::GroupedView::of(self)?;
+                view.dequantize_rows(0..view.rows, &mut out);
                 out
             }
         })

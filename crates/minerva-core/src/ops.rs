@@ -6,7 +6,7 @@
 
 use half::{bf16, f16};
 
-use crate::backends::cpu::{attention as cpu_attention, dense, elementwise, quant};
+use crate::backends::cpu::{attention as cpu_attention, dense, elementwise, grouped, quant};
 use crate::{Array, DType, Error, Result};
 
 pub use crate::backends::cpu::elementwise::RopeStyle;
@@ -49,6 +49,9 @@ pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
         DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
             quant::matmul(w.dtype(), w.host_bytes(), n, k, xs, o)
         }
+        DType::Affine { .. } | DType::Mxfp4 => {
+            grouped::matmul(&grouped::GroupedView::of(w)?, xs, o)
+        }
         other => return Err(Error::Unsupported(format!("linear with {other} weights"))),
     }
     if let Some(bias) = bias {
@@ -89,6 +92,10 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
         ));
     };
     let ids = ids.as_i32()?;
+    let grouped = match table.dtype().has_group_params() {
+        true => Some(grouped::GroupedView::of(table)?),
+        false => None,
+    };
     let row_bytes = table
         .dtype()
         .bytes_for(d)
@@ -102,6 +109,10 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
                 "token id {id} is outside the vocabulary of {vocab}"
             ));
         };
+        if let Some(g) = &grouped {
+            g.dequantize_row(id, dst);
+            continue;
+        }
         let row = &bytes[id * row_bytes..(id + 1) * row_bytes];
         match table.dtype() {
             DType::F32 => dst.copy_from_slice(&halves::<f32>(row)),

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod dense;
 pub mod elementwise;
+pub mod grouped;
 pub mod quant;
 
 use std::ops::Range;
