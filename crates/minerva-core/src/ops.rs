@@ -252,6 +252,113 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
     Ok(out)
 }
 
+/// gpt-oss's SwiGLU: `(clamp(up, ±limit) + 1) * g * sigmoid(alpha * g)`, `g = min(gate, limit)`.
+pub fn clamped_swiglu(gate: &Array, up: &Array, alpha: f32, limit: f32) -> Result<Array> {
+    if gate.shape() != up.shape() {
+        return shape_err(format!(
+            "clamped_swiglu: gate {:?} vs up {:?}",
+            gate.shape(),
+            up.shape()
+        ));
+    }
+    let mut out = Array::zeros(DType::F32, gate.shape())?;
+    elementwise::clamped_swiglu(
+        gate.as_f32()?,
+        up.as_f32()?,
+        alpha,
+        limit,
+        out.as_f32_mut()?,
+    );
+    Ok(out)
+}
+
+/// Splits the last axis of `x` into its even and odd entries (`[.., 2n]` -> two `[.., n]`),
+/// for weights that interleave two projections.
+pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
+    let d = x.dim(-1);
+    if !d.is_multiple_of(2) {
+        return shape_err(format!("deinterleave: odd last axis in {:?}", x.shape()));
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("x has a last axis") = d / 2;
+    let xs = x.as_f32()?;
+    let even: Vec<f32> = xs.iter().step_by(2).copied().collect();
+    let odd: Vec<f32> = xs.iter().skip(1).step_by(2).copied().collect();
+    Ok((
+        Array::from_f32(&even, &shape)?,
+        Array::from_f32(&odd, &shape)?,
+    ))
+}
+
+/// Rows of `x` (`[n, ..]`) picked by `rows` (i32 indices): `[rows.len(), ..]`.
+pub fn take_rows(x: &Array, rows: &Array) -> Result<Array> {
+    let n = x.dim(0);
+    let row: usize = x.shape()[1..].iter().product();
+    let xs = x.as_f32()?;
+    let idx = rows.as_i32()?;
+    let mut data = Vec::with_capacity(idx.len() * row);
+    for &r in idx {
+        let Some(r) = usize::try_from(r).ok().filter(|&r| r < n) else {
+            return shape_err(format!("take_rows: row {r} of {:?}", x.shape()));
+        };
+        data.extend_from_slice(&xs[r * row..(r + 1) * row]);
+    }
+    let mut shape = x.shape().to_vec();
+    shape[0] = idx.len();
+    Array::from_f32(&data, &shape)
+}
+
+/// `acc[rows[i]] += weights[i] * src[i]` for each row `i` of `src` (mixture-of-experts
+/// combine). `acc` is `[n, d]`, `src` `[m, d]`, `rows` and `weights` `[m]`.
+pub fn scatter_add_rows(acc: &mut Array, rows: &Array, src: &Array, weights: &Array) -> Result<()> {
+    let (n, d) = (acc.dim(0), acc.dim(-1));
+    let idx = rows.as_i32()?;
+    let w = weights.as_f32()?;
+    if src.shape() != [idx.len(), d] || w.len() != idx.len() {
+        return shape_err(format!(
+            "scatter_add_rows: acc {:?}, rows {:?}, src {:?}, weights {:?}",
+            acc.shape(),
+            rows.shape(),
+            src.shape(),
+            weights.shape()
+        ));
+    }
+    let s = src.as_f32()?.to_vec();
+    let a = acc.as_f32_mut()?;
+    for ((&r, &wi), src_row) in idx.iter().zip(w).zip(s.chunks_exact(d)) {
+        let Some(r) = usize::try_from(r).ok().filter(|&r| r < n) else {
+            return shape_err(format!("scatter_add_rows: row {r} of {n}"));
+        };
+        a[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(src_row)
+            .for_each(|(o, &v)| *o += wi * v);
+    }
+    Ok(())
+}
+
+/// Swaps the last two axes of a dense array, as f32 (`[.., a, b]` -> `[.., b, a]`); for
+/// checkpoints that store a weight input-major.
+pub fn transpose_last2(x: &Array) -> Result<Array> {
+    let rank = x.shape().len();
+    if rank < 2 || x.dtype().is_quantized() {
+        return shape_err(format!("transpose_last2: {} {:?}", x.dtype(), x.shape()));
+    }
+    let (a, b) = (x.dim(-2), x.dim(-1));
+    let xs = x.to_f32_vec()?;
+    let mut out = vec![0.0f32; xs.len()];
+    for (src, dst) in xs.chunks_exact(a * b).zip(out.chunks_exact_mut(a * b)) {
+        for i in 0..a {
+            for j in 0..b {
+                dst[j * a + i] = src[i * b + j];
+            }
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    shape.swap(rank - 2, rank - 1);
+    Array::from_f32(&out, &shape)
+}
+
 /// Rows `start..start + len` of the first axis.
 pub fn slice_rows(x: &Array, start: usize, len: usize) -> Result<Array> {
     let rows = x.dim(0);

@@ -3,11 +3,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::arch::gpt_oss::GptOss;
 use crate::arch::llama::Llama;
 use crate::arch::CausalLm;
 use crate::chat_template::ChatTemplate;
 use crate::checkpoint::Checkpoint;
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::SafetensorsModel;
@@ -88,11 +89,11 @@ impl ModelFiles {
 }
 
 /// Opens the weights of `files` (by mmap) and reads their configuration.
-pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, LlamaConfig)> {
+pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, ModelConfig)> {
     match files {
         ModelFiles::Gguf(path) => {
             let gguf = GgufFile::open(path)?;
-            let config = LlamaConfig::from_gguf(&gguf)?;
+            let config = ModelConfig::Llama(LlamaConfig::from_gguf(&gguf)?);
             Ok((Checkpoint::Gguf(gguf), config))
         }
         ModelFiles::Safetensors { weights, dir } => {
@@ -103,7 +104,7 @@ pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, LlamaConfig)> 
                     "missing: safetensors weights need a config.json beside them",
                 ));
             }
-            let config = LlamaConfig::from_hf_json(&config_path)?;
+            let config = ModelConfig::from_hf_json(&config_path)?;
             Ok((
                 Checkpoint::Safetensors(SafetensorsModel::open(weights)?),
                 config,
@@ -115,7 +116,15 @@ pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, LlamaConfig)> 
 /// Loads the model at `path` (weights and config; no tokenizer).
 pub fn load_model(path: &Path) -> Result<Box<dyn CausalLm>> {
     let (checkpoint, config) = open_checkpoint(&ModelFiles::locate(path)?)?;
-    Ok(Box::new(Llama::load(&checkpoint, config)?))
+    build(&checkpoint, config)
+}
+
+/// The architecture `config` names, with its weights taken from `checkpoint`.
+pub fn build(checkpoint: &Checkpoint, config: ModelConfig) -> Result<Box<dyn CausalLm>> {
+    Ok(match config {
+        ModelConfig::Llama(c) => Box::new(Llama::load(checkpoint, c)?),
+        ModelConfig::GptOss(c) => Box::new(GptOss::load(checkpoint, c)?),
+    })
 }
 
 /// A model ready to chat: weights, tokenizer and chat template.
@@ -140,7 +149,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             unreachable!("checkpoint follows files")
         }
     };
-    let model = Box::new(Llama::load(&checkpoint, config)?);
+    let model = build(&checkpoint, config)?;
     let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
     let template = match tokenizer.chat_template() {
         Some(source) => ChatTemplate::new(

@@ -1,5 +1,6 @@
 //! Model architectures, one file each, written against the core ops API.
 
+pub mod gpt_oss;
 pub mod llama;
 
 use minerva_core::Array;

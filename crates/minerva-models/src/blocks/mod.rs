@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod mlp;
+pub mod moe;
 pub mod rope;
 
 pub use attention::Attention;

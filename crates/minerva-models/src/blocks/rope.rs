@@ -17,6 +17,19 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_context: f32,
     },
+    /// YaRN (Peng et al. 2023, as transformers implements it): frequencies that turn fewer
+    /// than `beta_slow` times over the original context are interpolated (divided by
+    /// `factor`), those turning more than `beta_fast` times are kept, a linear ramp between;
+    /// cos and sin are scaled by `attention_factor` (default `0.1 ln(factor) + 1`).
+    Yarn {
+        factor: f32,
+        original_context: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        /// Round the ramp's ends to whole dimensions.
+        truncate: bool,
+        attention_factor: Option<f32>,
+    },
 }
 
 /// Everything needed to build a [`Rope`].
@@ -37,6 +50,7 @@ impl RopeConfig {
         let mut inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / self.theta.powf((2 * i) as f32 / self.dim as f32))
             .collect();
+        let mut mscale = 1.0;
         if let Some(factors) = freq_factors {
             inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
         } else {
@@ -62,12 +76,43 @@ impl RopeConfig {
                         }
                     }
                 }
+                RopeScaling::Yarn {
+                    factor,
+                    original_context,
+                    beta_fast,
+                    beta_slow,
+                    truncate,
+                    attention_factor,
+                } => {
+                    // The dimension whose frequency turns `turns` times over the context.
+                    let dim_for = |turns: f32| {
+                        self.dim as f32
+                            * (original_context / (turns * 2.0 * std::f32::consts::PI)).ln()
+                            / (2.0 * self.theta.ln())
+                    };
+                    let (mut low, mut high) = (dim_for(beta_fast), dim_for(beta_slow));
+                    if truncate {
+                        (low, high) = (low.floor(), high.ceil());
+                    }
+                    let (low, high) = (low.max(0.0), high.min(self.dim as f32 - 1.0));
+                    let span = if low == high { 0.001 } else { high - low };
+                    for (i, f) in inv_freq.iter_mut().enumerate() {
+                        // 1 keeps the original frequency, 0 interpolates it fully.
+                        let keep = 1.0 - ((i as f32 - low) / span).clamp(0.0, 1.0);
+                        *f = *f / factor * (1.0 - keep) + *f * keep;
+                    }
+                    mscale = attention_factor.unwrap_or(if factor <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * factor.ln() + 1.0
+                    });
+                }
             }
         }
         Rope {
             inv_freq,
             style: self.style,
-            mscale: 1.0,
+            mscale,
         }
     }
 }

@@ -3,14 +3,12 @@
 use std::path::Path;
 
 use minerva_core::ops::RopeStyle;
-use serde_json::Value;
 
+use super::hf::HfJson;
+use super::SUPPORTED;
 use crate::blocks::rope::{RopeConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
-
-/// Architectures that share the Llama block structure.
-pub const LLAMA_FAMILY: &str = "llama, mistral, qwen2 (smollm2 is llama)";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -68,7 +66,7 @@ impl LlamaConfig {
                 return Err(ModelError::UnsupportedArchitecture {
                     path: gguf.path().to_path_buf(),
                     arch,
-                    supported: LLAMA_FAMILY,
+                    supported: SUPPORTED,
                 })
             }
         };
@@ -128,127 +126,47 @@ impl LlamaConfig {
         .validate(gguf.path())
     }
 
-    /// From an HF `config.json`.
-    pub fn from_hf_json(path: &Path) -> Result<LlamaConfig> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ModelError::config(path, e.to_string()))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
-        let field = |k: &str| json.get(k).filter(|v| !v.is_null());
-        let int = |k: &str| -> Result<usize> {
-            field(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| {
-                    ModelError::config(path, format!("field '{k}' is missing or not an integer"))
-                })
-        };
-        let float = |k: &str, default: f64| -> Result<f32> {
-            match field(k) {
-                None => Ok(default as f32),
-                Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| {
-                    ModelError::config(path, format!("field '{k}' is not a number"))
-                }),
-            }
-        };
-        let arch = field("model_type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ModelError::config(path, "field 'model_type' is missing"))?
-            .to_string();
+    /// From an HF `config.json` (already read).
+    pub fn from_hf(cfg: &HfJson<'_>) -> Result<LlamaConfig> {
+        let arch = cfg.model_type()?.to_string();
         if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(ModelError::UnsupportedArchitecture {
-                path: path.to_path_buf(),
+                path: cfg.path.to_path_buf(),
                 arch,
-                supported: LLAMA_FAMILY,
+                supported: SUPPORTED,
             });
         }
-        let hidden = int("hidden_size")?;
-        let heads = int("num_attention_heads")?;
-        let head_dim = field("head_dim")
-            .and_then(Value::as_u64)
-            .map_or(hidden / heads.max(1), |v| v as usize);
-        let rope_json = field("rope_scaling").or_else(|| field("rope_parameters"));
-        let scaling = match rope_json {
-            None => RopeScaling::None,
-            Some(r) => {
-                let get = |k: &str| r.get(k).and_then(Value::as_f64).map(|v| v as f32);
-                let need = |k: &str| {
-                    get(k).ok_or_else(|| {
-                        ModelError::config(
-                            path,
-                            format!("rope_scaling.{k} is missing or not a number"),
-                        )
-                    })
-                };
-                let kind = r
-                    .get("rope_type")
-                    .or_else(|| r.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                match kind {
-                    "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear {
-                        factor: need("factor")?,
-                    },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: need("factor")?,
-                        low_freq_factor: need("low_freq_factor")?,
-                        high_freq_factor: need("high_freq_factor")?,
-                        original_context: need("original_max_position_embeddings")?,
-                    },
-                    other => {
-                        return Err(ModelError::config(
-                            path,
-                            format!("unsupported rope_scaling type '{other}'"),
-                        ))
-                    }
-                }
-            }
-        };
-        let theta = match rope_json
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(Value::as_f64)
-        {
-            Some(t) => t as f32,
-            None => float("rope_theta", 10_000.0)?,
-        };
+        let hidden = cfg.int("hidden_size")?;
+        let heads = cfg.int("num_attention_heads")?;
+        let head_dim = cfg.opt_int("head_dim")?.unwrap_or(hidden / heads.max(1));
+        let (theta, scaling) = cfg.rope()?;
         let sliding_window = match arch.as_str() {
-            "mistral" => field("sliding_window")
-                .and_then(Value::as_u64)
-                .map(|v| v as usize),
-            "qwen2" if field("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
-                return Err(ModelError::config(
-                    path,
-                    "qwen2 use_sliding_window is not supported",
-                ))
+            "mistral" => cfg.opt_int("sliding_window")?,
+            "qwen2" if cfg.bool("use_sliding_window") == Some(true) => {
+                return Err(cfg.error("qwen2 use_sliding_window is not supported"))
             }
             _ => None,
         };
         LlamaConfig {
             hidden,
-            layers: int("num_hidden_layers")?,
+            layers: cfg.int("num_hidden_layers")?,
             heads,
-            kv_heads: field("num_key_value_heads")
-                .and_then(Value::as_u64)
-                .map_or(heads, |v| v as usize),
+            kv_heads: cfg.opt_int("num_key_value_heads")?.unwrap_or(heads),
             head_dim,
-            intermediate: int("intermediate_size")?,
-            vocab: int("vocab_size")?,
-            rms_eps: float("rms_norm_eps", 1e-6)?,
+            intermediate: cfg.int("intermediate_size")?,
+            vocab: cfg.int("vocab_size")?,
+            rms_eps: cfg.float("rms_norm_eps", 1e-6)?,
             rope: RopeConfig {
                 theta,
                 dim: head_dim,
                 scaling,
                 style: RopeStyle::Half,
             },
-            context_length: field("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .map_or(2048, |v| v as usize),
-            qkv_bias: arch == "qwen2"
-                || field("attention_bias").and_then(Value::as_bool) == Some(true),
+            context_length: cfg.opt_int("max_position_embeddings")?.unwrap_or(2048),
+            qkv_bias: arch == "qwen2" || cfg.bool("attention_bias") == Some(true),
             sliding_window,
             arch,
         }
-        .validate(path)
+        .validate(cfg.path)
     }
 }
