@@ -100,3 +100,58 @@ fn tiny_gpt_oss_matches_transformers() {
     check("tiny-gpt-oss", DType::F32, 1e-4);
     check("tiny-gpt-oss", DType::F16, 1e-2);
 }
+
+/// The tiny gpt-oss converted by mlx-lm to the MXFP4-Q8 arrangement (experts MXFP4, the rest
+/// 8-bit affine, bf16 elsewhere; `scripts/fixtures/make_tiny_gpt_oss_mlx.py`) against
+/// mlx-lm's own logits on CPU (parameters upcast to f32, so both sides dequantize the same
+/// codes exactly and compute in f32).
+///
+/// mlx-lm differs from transformers in one place: it always floors/ceils YaRN's correction
+/// range, ignoring the config's `"truncate": false` (`mlx_lm/models/rope_utils.py`). We
+/// follow transformers, which moves this fixture's logits by 3.5e-3 of their scale from
+/// mlx-lm's; with the range truncated as mlx-lm does, we must match it within 1e-3.
+#[test]
+fn tiny_gpt_oss_mlx_matches_mlx_lm() {
+    use minerva_models::blocks::rope::RopeScaling;
+    use minerva_models::config::ModelConfig;
+    use minerva_models::loader::{build, open_checkpoint};
+    use minerva_models::ModelFiles;
+
+    let dir = fixture("tiny-gpt-oss-mlx");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let (checkpoint, mut config) = open_checkpoint(&ModelFiles::locate(&dir).unwrap()).unwrap();
+    let as_written = build(&checkpoint, config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let ModelConfig::GptOss(c) = &mut config else {
+        panic!("not gpt-oss: {config:?}")
+    };
+    let RopeScaling::Yarn { truncate, .. } = &mut c.rope.scaling else {
+        panic!("not YaRN: {:?}", c.rope.scaling)
+    };
+    *truncate = true;
+    let mlx_semantics = build(&checkpoint, config).unwrap();
+
+    let prompt = ids(&reference["input_ids"]);
+    let theirs = rows(&reference["logits"]);
+    let run = |model: &dyn minerva_models::CausalLm| {
+        let mut cache = ContiguousKvCache::with_dtype(model.info(), None, DType::F32).unwrap();
+        let logits = model.forward(&prompt, &mut cache, Logits::All).unwrap();
+        let mut decoded = Vec::new();
+        for id in ids(&reference["decode_ids"]) {
+            let step = model.forward(&[id], &mut cache, Logits::Last).unwrap();
+            decoded.extend_from_slice(step.as_f32().unwrap());
+        }
+        (
+            relative_error(logits.as_f32().unwrap(), &theirs),
+            relative_error(&decoded, &rows(&reference["decode_logits"])),
+        )
+    };
+    let (prefill, decode) = run(mlx_semantics.as_ref());
+    let (written_prefill, written_decode) = run(as_written.as_ref());
+    eprintln!(
+        "tiny-gpt-oss-mlx vs mlx-lm: prefill {prefill:.2e}, decode {decode:.2e} (YaRN range \
+         truncated as mlx-lm does); {written_prefill:.2e} / {written_decode:.2e} with \
+         transformers' untruncated range"
+    );
+    assert!(prefill <= 1e-3 && decode <= 1e-3, "{prefill:e} {decode:e}");
+}

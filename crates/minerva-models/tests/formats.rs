@@ -985,3 +985,51 @@ fn safetensors_repo_fixture() {
     assert_eq!(t.shape, [256, 64]);
     assert_eq!(m.metadata().get("format").map(String::as_str), Some("pt"));
 }
+
+/// MLX's own quantizations (`mx.quantize` in mlx 0.32.4; `scripts/fixtures/make_mlx_quant_fixtures.py`)
+/// of one [8, 256] weight, in every affine width (2, 3, 4, 5, 6, 8 bits) and group size
+/// (32, 64, 128), plus MXFP4 and bf16-parameter variants: our dequantization must equal
+/// `mx.dequantize` exactly (both compute `scale * q + bias` in f32 for each value; with bf16
+/// parameters mlx computes in bf16, so those agree to bf16 precision).
+#[test]
+fn mlx_quantizations_dequantize_exactly() {
+    use minerva_models::checkpoint::Checkpoint;
+    use minerva_models::formats::safetensors::SafetensorsModel;
+
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/mlx-quant/quant.safetensors");
+    let checkpoint = Checkpoint::Safetensors(SafetensorsModel::open(&path).unwrap());
+    let mut names: Vec<String> = (2..=8)
+        .filter(|b| *b != 7)
+        .flat_map(|b| [32, 64, 128].map(|g| format!("affine_b{b}_g{g}")))
+        .collect();
+    names.extend(["affine_b4_g64_bf16", "mxfp4", "mxfp4_bf16"].map(String::from));
+    for name in names {
+        let w = checkpoint
+            .weight(&format!("{name}.weight"), &[8, 256])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ours = w.to_f32_vec().unwrap();
+        let theirs = checkpoint
+            .f32_tensor(&format!("{name}.dequant"), &[8, 256])
+            .unwrap();
+        let theirs = theirs.as_f32().unwrap();
+        let same = if name.ends_with("bf16") {
+            // mlx computes bf16 results in bf16 (`round(round(q * s) + b)`), we in f32: two
+            // roundings of at most 2^-9 of |q * s| and of the result, whose magnitudes are
+            // bounded by the group's range, so 2^-7 of the largest value in the group.
+            ours.chunks(64).zip(theirs.chunks(64)).all(|(a, b)| {
+                let range = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                a.iter().zip(b).all(|(x, y)| (x - y).abs() <= range / 128.0)
+            })
+        } else {
+            ours.iter()
+                .zip(theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        assert!(
+            same,
+            "{name} ({}): dequantization differs from mlx",
+            w.dtype()
+        );
+    }
+}
