@@ -14,10 +14,10 @@
 //! input-major), OpenAI's release (`*_blocks` / `*_scales` MXFP4, output-major) and MLX
 //! conversions (`experts.{gate,up,down}_proj` with quantized codes, scales and biases).
 
-use minerva_core::ops::{self, Rope};
+use minerva_core::ops;
 use minerva_core::Array;
 
-use super::{CausalLm, Logits, ModelInfo};
+use super::{CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
 use crate::blocks::moe::{GateUp, Moe};
 use crate::blocks::Attention;
 use crate::checkpoint::Checkpoint;
@@ -28,21 +28,10 @@ use crate::kv::KvCache;
 /// The SwiGLU sigmoid sharpness gpt-oss uses (not in its config).
 const SWIGLU_ALPHA: f32 = 1.702;
 
-struct Block {
-    attn_norm: Array,
-    attn: Attention,
-    mlp_norm: Array,
-    moe: Moe,
-}
-
 pub struct GptOss {
     config: GptOssConfig,
     info: ModelInfo,
-    embed: Array,
-    blocks: Vec<Block>,
-    norm: Array,
-    lm_head: Array,
-    rope: Rope,
+    decoder: Decoder<Moe>,
 }
 
 impl GptOss {
@@ -117,12 +106,12 @@ impl GptOss {
                     true => bias("mlp.experts.down_proj", &[e, d])?,
                     false => checkpoint.f32_tensor(&experts("down_proj_bias"), &[e, d])?,
                 };
-                Ok(Block {
+                Ok(DecoderBlock {
                     attn_norm: checkpoint.f32_tensor(&name("input_layernorm.weight"), &[d])?,
                     attn,
                     mlp_norm: checkpoint
                         .f32_tensor(&name("post_attention_layernorm.weight"), &[d])?,
-                    moe: Moe {
+                    ffn: Moe {
                         router: weight("mlp.router", &[e, d])?,
                         router_bias: bias("mlp.router", &[e])?,
                         gate_up,
@@ -144,11 +133,14 @@ impl GptOss {
                 head_dim: c.head_dim,
                 context_length: c.context_length,
             },
-            embed: checkpoint.weight("model.embed_tokens.weight", &[c.vocab, d])?,
-            lm_head: checkpoint.weight("lm_head.weight", &[c.vocab, d])?,
-            norm: checkpoint.f32_tensor("model.norm.weight", &[d])?,
-            rope: c.rope.build(None),
-            blocks,
+            decoder: Decoder {
+                embed: checkpoint.weight("model.embed_tokens.weight", &[c.vocab, d])?,
+                lm_head: checkpoint.weight("lm_head.weight", &[c.vocab, d])?,
+                norm: checkpoint.f32_tensor("model.norm.weight", &[d])?,
+                rope: c.rope.build(None),
+                rms_eps: c.rms_eps,
+                blocks,
+            },
             config,
         })
     }
@@ -164,33 +156,6 @@ impl CausalLm for GptOss {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(
-                minerva_core::Error::Shape("forward needs at least one token".into()).into(),
-            );
-        }
-        let start = cache.len();
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = (start..start + n).map(|p| p as i32).collect();
-        let positions = Array::from_i32(&positions, &[n])?;
-        let eps = self.config.rms_eps;
-
-        let mut x = ops::embedding(&self.embed, &Array::from_i32(&ids, &[n])?)?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let attended = block
-                .attn
-                .forward(&h, &positions, &self.rope, cache, layer)?;
-            x = ops::add(&x, &attended)?;
-            let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-            x = ops::add(&x, &block.moe.forward(&h)?)?;
-        }
-        cache.advance(n);
-        if logits == Logits::Last {
-            x = ops::slice_rows(&x, n - 1, 1)?;
-        }
-        let x = ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(ops::linear(&x, &self.lm_head, None)?)
+        self.decoder.forward(tokens, cache, logits)
     }
 }

@@ -7,32 +7,19 @@
 //! logits = LMHead(RMSNorm(y_last))
 //! ```
 
-use minerva_core::ops::{self, Rope};
 use minerva_core::Array;
 
-use super::{CausalLm, Logits, ModelInfo};
+use super::{CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
 use crate::blocks::{Attention, GatedMlp};
 use crate::checkpoint::Checkpoint;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 
-struct Block {
-    attn_norm: Array,
-    attn: Attention,
-    mlp_norm: Array,
-    mlp: GatedMlp,
-}
-
 pub struct Llama {
     config: LlamaConfig,
     info: ModelInfo,
-    embed: Array,
-    blocks: Vec<Block>,
-    norm: Array,
-    /// The output projection; the embedding table itself when the weights are tied.
-    lm_head: Array,
-    rope: Rope,
+    decoder: Decoder<GatedMlp>,
 }
 
 /// Tensor names of one checkpoint layout.
@@ -121,11 +108,11 @@ impl Llama {
                         name: naming.layer(l, "self_attn.q_proj", "bias"),
                     });
                 }
-                Ok(Block {
+                Ok(DecoderBlock {
                     attn_norm: checkpoint.f32_tensor(&name("input_layernorm"), &[d])?,
                     attn,
                     mlp_norm: checkpoint.f32_tensor(&name("post_attention_layernorm"), &[d])?,
-                    mlp: GatedMlp {
+                    ffn: GatedMlp {
                         gate: checkpoint.matrix(&name("mlp.gate_proj"), [c.intermediate, d])?,
                         up: checkpoint.matrix(&name("mlp.up_proj"), [c.intermediate, d])?,
                         down: checkpoint.matrix(&name("mlp.down_proj"), [d, c.intermediate])?,
@@ -148,11 +135,14 @@ impl Llama {
                 head_dim: c.head_dim,
                 context_length: c.context_length,
             },
-            norm: checkpoint.f32_tensor(naming.global("norm"), &[d])?,
-            embed,
-            blocks,
-            lm_head,
-            rope,
+            decoder: Decoder {
+                norm: checkpoint.f32_tensor(naming.global("norm"), &[d])?,
+                embed,
+                blocks,
+                lm_head,
+                rope,
+                rms_eps: c.rms_eps,
+            },
             config,
         })
     }
@@ -168,35 +158,6 @@ impl CausalLm for Llama {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(
-                minerva_core::Error::Shape("forward needs at least one token".into()).into(),
-            );
-        }
-        let start = cache.len();
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = (start..start + n).map(|p| p as i32).collect();
-        let positions = Array::from_i32(&positions, &[n])?;
-        let eps = self.config.rms_eps;
-
-        let mut x = ops::embedding(&self.embed, &Array::from_i32(&ids, &[n])?)?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
-            x = ops::add(
-                &x,
-                &block
-                    .attn
-                    .forward(&h, &positions, &self.rope, cache, layer)?,
-            )?;
-            let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-            x = ops::add(&x, &block.mlp.forward(&h)?)?;
-        }
-        cache.advance(n);
-        if logits == Logits::Last {
-            x = ops::slice_rows(&x, n - 1, 1)?;
-        }
-        let x = ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(ops::linear(&x, &self.lm_head, None)?)
+        self.decoder.forward(tokens, cache, logits)
     }
 }
