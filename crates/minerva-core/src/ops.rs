@@ -323,7 +323,7 @@ pub fn scatter_add_rows(acc: &mut Array, rows: &Array, src: &Array, weights: &Ar
             weights.shape()
         ));
     }
-    let s = src.as_f32()?.to_vec();
+    let s = src.as_f32()?;
     let a = acc.as_f32_mut()?;
     for ((&r, &wi), src_row) in idx.iter().zip(w).zip(s.chunks_exact(d)) {
         let Some(r) = usize::try_from(r).ok().filter(|&r| r < n) else {

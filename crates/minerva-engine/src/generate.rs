@@ -264,13 +264,13 @@ impl<'m> Session<'m> {
             run.decode_start = Some(Instant::now());
         }
         if run.generated == run.options.max_tokens {
-            return Ok(self.finish(FinishReason::Length));
+            return Ok(self.finish(FinishReason::Length, String::new()));
         }
         let logits = match run.logits.take() {
             Some(logits) => logits,
             None => {
                 if self.cache.len() == self.cache.max_len() {
-                    return Ok(self.finish(FinishReason::ContextFull));
+                    return Ok(self.finish(FinishReason::ContextFull, String::new()));
                 }
                 let last = *self.tokens.last().expect("a prompt token ran");
                 forward(self.model, &[last], &mut self.cache, Logits::Last)?.to_f32_vec()?
@@ -279,7 +279,7 @@ impl<'m> Session<'m> {
         let id = run.sampler.sample(&logits, &self.tokens);
         run.generated += 1;
         if self.tokenizer.is_eog(id) {
-            return Ok(self.finish(FinishReason::EndOfText));
+            return Ok(self.finish(FinishReason::EndOfText, String::new()));
         }
         let logprobs = run
             .options
@@ -290,11 +290,7 @@ impl<'m> Session<'m> {
         self.tokens.push(id);
         if stopped {
             // Emit the text before the stop string with this token, then end.
-            let mut finished = self.finish(FinishReason::Stop);
-            if let Step::Finished { text: rest, .. } = &mut finished {
-                *rest = text;
-            }
-            return Ok(finished);
+            return Ok(self.finish(FinishReason::Stop, text));
         }
         Ok(Step::Token(SampledToken { id, text, logprobs }))
     }
@@ -305,13 +301,14 @@ impl<'m> Session<'m> {
         Some(run.stats(FinishReason::Cancelled))
     }
 
-    fn finish(&mut self, finish: FinishReason) -> Step {
+    /// Ends the generation; `text` is final text not yet emitted. Without a stop string,
+    /// whatever the decoder and the stop matcher still hold is released after it.
+    fn finish(&mut self, finish: FinishReason, mut text: String) -> Step {
         let mut run = self.run.take().expect("a generation is running");
-        let mut text = String::new();
         if finish != FinishReason::Stop {
             let tail = run.decoder.finish().unwrap_or_default();
             let (emit, _) = run.stop.push(&tail);
-            text = emit + &run.stop.finish();
+            text = text + &emit + &run.stop.finish();
         }
         Step::Finished {
             text,

@@ -201,7 +201,7 @@ impl Reply {
         let finish_reason = finish.map(finish_reason);
         match self.endpoint {
             Endpoint::Chat => {
-                let logprobs = self.wants_logprobs().then(|| {
+                let logprobs = self.logprobs.then(|| {
                     json!({"content": pending.logprobs.iter().map(|(id, lp)| self.chat_logprob(*id, lp)).collect::<Vec<_>>()})
                 });
                 let mut message = Map::new();
@@ -218,16 +218,10 @@ impl Reply {
                 json!({"index": index, key: message, "logprobs": logprobs, "finish_reason": finish_reason})
             }
             Endpoint::Completion => {
-                let logprobs = self
-                    .wants_logprobs()
-                    .then(|| self.completion_logprobs(pending));
+                let logprobs = self.logprobs.then(|| self.completion_logprobs(pending));
                 json!({"index": index, "text": pending.text, "logprobs": logprobs, "finish_reason": finish_reason})
             }
         }
-    }
-
-    fn wants_logprobs(&self) -> bool {
-        self.logprobs
     }
 
     fn usage(&self, generated: usize) -> Value {

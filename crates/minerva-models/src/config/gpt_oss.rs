@@ -38,8 +38,13 @@ pub struct GptOssConfig {
 }
 
 impl GptOssConfig {
+    /// Whether `cfg` is OpenAI's original gpt-oss config (no `model_type`, `num_experts`).
+    pub fn is_openai_original(cfg: &HfJson<'_>) -> bool {
+        cfg.field("model_type").is_none() && cfg.field("num_experts").is_some()
+    }
+
     pub fn from_hf(cfg: &HfJson<'_>) -> Result<GptOssConfig> {
-        let original = cfg.field("model_type").is_none() && cfg.field("num_experts").is_some();
+        let original = Self::is_openai_original(cfg);
         let layers = cfg.int("num_hidden_layers")?;
         let heads = cfg.int("num_attention_heads")?;
         let hidden = cfg.int("hidden_size")?;

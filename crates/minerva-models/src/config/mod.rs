@@ -26,9 +26,7 @@ impl ModelConfig {
     /// From a `config.json` (transformers, mlx-lm or OpenAI's original gpt-oss dialect).
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
         let cfg = HfJson::read(path)?;
-        let original_gpt_oss =
-            cfg.field("model_type").is_none() && cfg.field("num_experts").is_some();
-        if original_gpt_oss {
+        if GptOssConfig::is_openai_original(&cfg) {
             return Ok(ModelConfig::GptOss(GptOssConfig::from_hf(&cfg)?));
         }
         match cfg.model_type()? {
