@@ -48,10 +48,7 @@ fn load(model: Option<&Path>) -> anyhow::Result<Engine> {
 }
 
 fn message(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::new(role, content)
 }
 
 /// Generates from `prompt`, streaming to stdout; returns the answer text.

@@ -28,6 +28,8 @@ pub enum ModelError {
     Op(#[from] minerva_core::Error),
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("harmony: {0}")]
+    Harmony(String),
     #[error(transparent)]
     Template(#[from] crate::chat_template::TemplateError),
 }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod formats;
+pub mod harmony;
 pub mod kv;
 pub mod loader;
 pub mod model_cache;
