@@ -1,13 +1,13 @@
 //! `minerva chat` and `minerva run`: stream answers to stdout.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
-use minerva_engine::{Engine, GenerateOptions, GenerationStats, Session};
-use minerva_models::chat_template::ChatMessage;
+use clap::ValueEnum;
+use minerva_engine::{Engine, GenerateOptions, GenerationStats, Reply, Session, Step};
+use minerva_models::messages::{today_utc, ChatMessage, ChatOptions, Effort, ReplyEvent};
 
 use crate::model_path;
 use crate::options::GenerationArgs;
@@ -18,7 +18,41 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
+    pub reasoning: ReasoningArgs,
+    #[command(flatten)]
     pub gen: GenerationArgs,
+}
+
+/// How a reasoning model (gpt-oss) thinks, and whether you see it.
+#[derive(Args)]
+pub struct ReasoningArgs {
+    /// Reasoning effort: low, medium or high
+    #[arg(long, default_value = "medium", value_parser = parse_effort)]
+    pub reasoning_effort: Effort,
+    /// Show the model's reasoning dimmed (faint on a terminal), in plain text, or not at all
+    #[arg(long, value_enum, default_value_t = ShowReasoning::Dim)]
+    pub reasoning: ShowReasoning,
+}
+
+fn parse_effort(s: &str) -> Result<Effort, String> {
+    s.parse()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowReasoning {
+    Dim,
+    Show,
+    Hide,
+}
+
+impl ReasoningArgs {
+    fn chat_options(&self) -> ChatOptions {
+        ChatOptions {
+            effort: self.reasoning_effort,
+            tools: Vec::new(),
+            date: Some(today_utc()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -32,6 +66,8 @@ pub struct RunArgs {
     /// Send the prompt as raw text, without the chat template
     #[arg(long)]
     pub raw: bool,
+    #[command(flatten)]
+    pub reasoning: ReasoningArgs,
     #[command(flatten)]
     pub gen: GenerationArgs,
 }
@@ -51,34 +87,100 @@ fn message(role: &str, content: &str) -> ChatMessage {
     ChatMessage::new(role, content)
 }
 
-/// Generates from `prompt`, streaming to stdout; returns the answer text.
-fn stream_answer(
-    session: &mut Session<'_>,
-    prompt: &[u32],
-    options: &GenerateOptions,
-) -> anyhow::Result<String> {
-    let mut answer = String::new();
-    let mut stdout = std::io::stdout().lock();
-    let mut write_error = None;
-    let stats = session.generate(prompt, options, |text| {
-        answer.push_str(text);
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|_| stdout.flush())
-        {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_error = Some(e);
-                ControlFlow::Break(())
+/// Writes a reply to stdout as it is generated: the answer as is, the reasoning as `show`
+/// says, tool calls as one line each.
+struct ReplyPrinter<W: Write> {
+    out: W,
+    show: ShowReasoning,
+    faint: bool,
+    in_reasoning: bool,
+    /// What goes into the conversation's history.
+    answer: ChatMessage,
+}
+
+const FAINT: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+impl<W: Write> ReplyPrinter<W> {
+    fn print(&mut self, event: ReplyEvent) -> std::io::Result<()> {
+        match event {
+            ReplyEvent::Reasoning(text) => {
+                if self.show == ShowReasoning::Hide {
+                    return Ok(());
+                }
+                if !self.in_reasoning && self.faint {
+                    self.out.write_all(FAINT.as_bytes())?;
+                }
+                self.in_reasoning = true;
+                self.out.write_all(text.as_bytes())?;
+            }
+            ReplyEvent::Content(text) => {
+                self.end_reasoning()?;
+                self.out.write_all(text.as_bytes())?;
+                self.answer.content.push_str(&text);
+            }
+            ReplyEvent::ToolCall(call) => {
+                self.end_reasoning()?;
+                let f = &call.function;
+                writeln!(self.out, "[tool call] {}({})", f.name, f.arguments)?;
+                self.answer.tool_calls.push(call);
             }
         }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e).context("writing to stdout");
+        self.out.flush()
     }
-    writeln!(stdout)?;
+
+    fn end_reasoning(&mut self) -> std::io::Result<()> {
+        if self.in_reasoning {
+            self.in_reasoning = false;
+            if self.faint {
+                self.out.write_all(RESET.as_bytes())?;
+            }
+            self.out.write_all(b"\n\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// Generates from `prompt`, streaming to stdout; returns the assistant's message.
+fn stream_answer(
+    session: &mut Session<'_>,
+    mut reply: Reply,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    show: ShowReasoning,
+) -> anyhow::Result<ChatMessage> {
+    let stdout = std::io::stdout();
+    let faint = show == ShowReasoning::Dim && stdout.is_terminal();
+    let mut printer = ReplyPrinter {
+        out: stdout.lock(),
+        show,
+        faint,
+        in_reasoning: false,
+        answer: message("assistant", ""),
+    };
+    session.start(prompt, options)?;
+    let stats = loop {
+        let events = match session.step()? {
+            Step::Prefill { .. } => continue,
+            Step::Token(token) => reply.token(&token),
+            Step::Finished { text, stats } => {
+                for event in reply.finish(&text) {
+                    printer.print(event).context("writing to stdout")?;
+                }
+                break stats;
+            }
+        };
+        for event in events {
+            if let Err(e) = printer.print(event) {
+                session.cancel();
+                return Err(e).context("writing to stdout");
+            }
+        }
+    };
+    printer.end_reasoning()?;
+    writeln!(printer.out)?;
     log_stats(&stats);
-    Ok(answer)
+    Ok(printer.answer)
 }
 
 fn log_stats(s: &GenerationStats) {
@@ -104,10 +206,20 @@ pub fn run(model: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             messages.push(message("system", system));
         }
         messages.push(message("user", &args.prompt));
-        engine.encode_chat(&messages)?
+        engine.encode_chat(&messages, &args.reasoning.chat_options())?
     };
     let mut session = engine.session(args.gen.context)?;
-    stream_answer(&mut session, &prompt, &options)?;
+    let reply = match args.raw {
+        true => Reply::Plain,
+        false => engine.reply(),
+    };
+    stream_answer(
+        &mut session,
+        reply,
+        &prompt,
+        &options,
+        args.reasoning.reasoning,
+    )?;
     Ok(())
 }
 
@@ -148,9 +260,15 @@ pub fn chat(model: Option<&Path>, args: &ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         history.push(message("user", text));
-        let prompt = engine.encode_chat(&history)?;
-        let answer = stream_answer(&mut session, &prompt, &options)?;
-        history.push(message("assistant", &answer));
+        let prompt = engine.encode_chat(&history, &args.reasoning.chat_options())?;
+        let answer = stream_answer(
+            &mut session,
+            engine.reply(),
+            &prompt,
+            &options,
+            args.reasoning.reasoning,
+        )?;
+        history.push(answer);
     }
     Ok(())
 }

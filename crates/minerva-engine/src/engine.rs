@@ -4,13 +4,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use minerva_models::chat_template::{ChatMessage, ChatTemplate};
+use minerva_models::chat_template::ChatTemplate;
+use minerva_models::harmony::Harmony;
 use minerva_models::loader::{self, LoadedModel, ModelFiles};
+use minerva_models::messages::{ChatMessage, ChatOptions};
 use minerva_models::tokenizer::Tokenizer;
 use minerva_models::CausalLm;
 
 use crate::error::Result;
 use crate::generate::Session;
+use crate::reply::Reply;
 
 pub struct Engine {
     loaded: LoadedModel,
@@ -54,11 +57,28 @@ impl Engine {
         Session::new(self.model(), self.tokenizer(), max_context)
     }
 
-    /// Prompt tokens for a conversation, rendered through the chat template with the
-    /// assistant's turn opened.
-    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.template().render(messages, true)?;
+    /// The harmony encoding, when the model chats in harmony (gpt-oss).
+    pub fn harmony(&self) -> Option<&Harmony> {
+        self.loaded.harmony.as_ref()
+    }
+
+    /// Prompt tokens for a conversation with the assistant's turn opened: rendered in
+    /// harmony for gpt-oss, else through the chat template.
+    pub fn encode_chat(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<Vec<u32>> {
+        if let Some(harmony) = self.harmony() {
+            return Ok(harmony.render(messages, options)?);
+        }
+        let text = self.template().render_with(messages, options, true)?;
         self.encode_with_bos(&text, true)
+    }
+
+    /// A reader for the reply to a prompt from [`encode_chat`](Self::encode_chat), splitting
+    /// reasoning and tool calls from the answer.
+    pub fn reply(&self) -> Reply {
+        match self.harmony() {
+            Some(h) => Reply::Harmony(Box::new(h.reply())),
+            None => Reply::Plain,
+        }
     }
 
     /// Prompt tokens for raw text (no template); special-token text stays plain text.

@@ -3,10 +3,10 @@
 //! ```no_run
 //! use std::ops::ControlFlow;
 //! use minerva_engine::{Engine, GenerateOptions};
-//! use minerva_models::chat_template::ChatMessage;
+//! use minerva_models::messages::{ChatMessage, ChatOptions};
 //!
 //! let engine = Engine::load("model.gguf".as_ref())?;
-//! let prompt = engine.encode_chat(&[ChatMessage { role: "user".into(), content: "Hi!".into() }])?;
+//! let prompt = engine.encode_chat(&[ChatMessage::new("user", "Hi!")], &ChatOptions::default())?;
 //! let mut session = engine.session(None)?;
 //! session.generate(&prompt, &GenerateOptions::default(), |text| {
 //!     print!("{text}");
@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod reply;
 pub mod sampler;
 mod stop;
 
@@ -29,4 +30,5 @@ pub use generate::{
     TokenLogprobs,
 };
 pub use kv_cache::ContiguousKvCache;
+pub use reply::Reply;
 pub use sampler::{Sampler, SamplerConfig};

@@ -11,76 +11,8 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Kwargs, Object};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
-/// One chat message. Serialized the way OpenAI's API and Hugging Face chat templates spell
-/// it, so templates that know tool calls see them where they look.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-    /// Functions an `assistant` message called.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
-    /// For a `tool` message: the function whose result `content` is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// For a `tool` message: the id of the call it answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-            ..ChatMessage::default()
-        }
-    }
-}
-
-/// A function call, as OpenAI's `tool_calls[]` entries spell it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ToolCall {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionCall,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FunctionCall {
-    pub name: String,
-    /// The arguments as the model wrote them (JSON text, not validated).
-    pub arguments: String,
-}
-
-impl ToolCall {
-    pub fn function(
-        id: impl Into<String>,
-        name: impl Into<String>,
-        arguments: impl Into<String>,
-    ) -> Self {
-        ToolCall {
-            id: id.into(),
-            kind: "function".into(),
-            function: FunctionCall {
-                name: name.into(),
-                arguments: arguments.into(),
-            },
-        }
-    }
-}
-
-/// A function the model may call (OpenAI `tools[]` with `type: "function"`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FunctionTool {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    /// JSON Schema of the arguments.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<serde_json::Value>,
-}
+pub use crate::messages::ChatMessage;
+use crate::messages::ChatOptions;
 
 /// Errors compiling or rendering a chat template (one-line messages).
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +99,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with(messages, &ChatOptions::default(), add_generation_prompt)
+    }
+
+    /// [`render`](Self::render) with the request's tools (as Hugging Face passes them:
+    /// `[{"type": "function", "function": {...}}]`) and reasoning effort.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| Value::from_object(MessageValue(m.clone())))
@@ -174,7 +117,18 @@ impl ChatTemplate {
         let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
         ctx.insert("messages".into(), Value::from(messages));
         // Hugging Face passes these as None when no tools/documents are given.
-        ctx.insert("tools".into(), Value::from(()));
+        let tools = match options.tools.as_slice() {
+            [] => Value::from(()),
+            tools => Value::from(minijinja::value::Serde(
+                tools
+                    .iter()
+                    .map(|t| serde_json::json!({"type": "function", "function": t}))
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        ctx.insert("tools".into(), tools);
+        let effort = format!("{:?}", options.effort).to_lowercase();
+        ctx.insert("reasoning_effort".into(), Value::from(effort));
         ctx.insert("documents".into(), Value::from(()));
         ctx.insert(
             "add_generation_prompt".into(),
@@ -217,12 +171,22 @@ impl Object for MessageValue {
         match key.as_str()? {
             "role" => Some(Value::from(self.0.role.as_str())),
             "content" => Some(Value::from(self.0.content.as_str())),
+            "tool_calls" if !self.0.tool_calls.is_empty() => {
+                Some(Value::from(minijinja::value::Serde(&self.0.tool_calls)))
+            }
+            "name" => self.0.name.as_deref().map(Value::from),
+            "tool_call_id" => self.0.tool_call_id.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        let m = &self.0;
+        let mut keys = vec!["role", "content"];
+        keys.extend((!m.tool_calls.is_empty()).then_some("tool_calls"));
+        keys.extend(m.name.is_some().then_some("name"));
+        keys.extend(m.tool_call_id.is_some().then_some("tool_call_id"));
+        Enumerator::Values(keys.into_iter().map(Value::from).collect())
     }
 }
 

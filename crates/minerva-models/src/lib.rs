@@ -11,6 +11,7 @@ pub mod formats;
 pub mod harmony;
 pub mod kv;
 pub mod loader;
+pub mod messages;
 pub mod model_cache;
 pub mod tokenizer;
 

@@ -13,6 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::SafetensorsModel;
 use crate::formats::FormatError;
+use crate::harmony::Harmony;
 use crate::tokenizer::Tokenizer;
 
 /// What a model path turned out to be.
@@ -127,12 +128,26 @@ pub fn build(checkpoint: &Checkpoint, config: ModelConfig) -> Result<Box<dyn Cau
     })
 }
 
-/// A model ready to chat: weights, tokenizer and chat template.
+/// A model ready to chat: weights, tokenizer and chat format.
 pub struct LoadedModel {
     pub model: Box<dyn CausalLm>,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// gpt-oss with its o200k_harmony vocabulary chats in harmony, not through the template.
+    pub harmony: Option<Harmony>,
     pub files: ModelFiles,
+}
+
+/// Whether `tokenizer` spells harmony's markup tokens with o200k_harmony's ids (the ids
+/// `openai-harmony` renders and parses).
+fn speaks_harmony(tokenizer: &Tokenizer) -> bool {
+    [
+        (200005, "<|channel|>"),
+        (200006, "<|start|>"),
+        (200008, "<|message|>"),
+    ]
+    .iter()
+    .all(|&(id, text)| tokenizer.id_to_token(id).as_deref() == Some(text))
 }
 
 /// Loads the model at `path` with its tokenizer (GGUF metadata or `tokenizer.json`) and chat
@@ -149,6 +164,10 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             unreachable!("checkpoint follows files")
         }
     };
+    let harmony = match &config {
+        ModelConfig::GptOss(_) if speaks_harmony(&tokenizer) => Some(Harmony::load()?),
+        _ => None,
+    };
     let model = build(&checkpoint, config)?;
     let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
     let template = match tokenizer.chat_template() {
@@ -163,6 +182,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         model,
         tokenizer,
         template,
+        harmony,
         files,
     })
 }

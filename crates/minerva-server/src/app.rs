@@ -188,8 +188,9 @@ async fn chat_completions(
     let logprobs = req.chat_logprobs()?;
     let plan = req.plan(req.max_completion_tokens.or(req.max_tokens), None, logprobs)?;
     let messages = req.chat_messages()?;
+    let options = req.chat_options()?;
     let engine = ready.engine.clone();
-    let prompt = blocking(move || engine.encode_chat(&messages))
+    let prompt = blocking(move || engine.encode_chat(&messages, &options))
         .await?
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
     generate(&app, ready, Endpoint::Chat, &plan, vec![(prompt, None)]).await

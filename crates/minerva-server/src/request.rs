@@ -2,7 +2,7 @@
 //! a bad field for the error's `param`) and validation against OpenAI's documented ranges.
 
 use minerva_engine::{GenerateOptions, SamplerConfig};
-use minerva_models::chat_template::ChatMessage;
+use minerva_models::messages::{today_utc, ChatMessage, ChatOptions, FunctionTool, ToolCall};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -29,6 +29,9 @@ pub struct Request {
     pub top_logprobs: Option<i64>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
+    pub reasoning_effort: Option<String>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<serde_json::Value>,
     // Extensions that llama.cpp's and vLLM's servers accept too.
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
@@ -51,6 +54,18 @@ pub enum Stop {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// An entry of `tools`: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionTool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,16 +281,68 @@ impl Request {
                     "system" | "developer" => "system",
                     "user" => "user",
                     "assistant" => "assistant",
+                    "tool" => "tool",
                     other => {
                         return Err(ApiError::invalid(
                             Some("messages"),
-                            format!("messages[{i}].role '{other}' is not supported (use system, developer, user or assistant)."),
+                            format!("messages[{i}].role '{other}' is not supported (use system, developer, user, assistant or tool)."),
                         ))
                     }
                 };
-                Ok(ChatMessage::new(role, content_text(i, m.content.as_ref())?))
+                if role == "tool" && m.tool_call_id.is_none() && m.name.is_none() {
+                    return Err(ApiError::invalid(
+                        Some("messages"),
+                        format!("messages[{i}]: a tool message needs tool_call_id."),
+                    ));
+                }
+                Ok(ChatMessage {
+                    tool_calls: m.tool_calls.clone(),
+                    tool_call_id: m.tool_call_id.clone(),
+                    name: m.name.clone(),
+                    ..ChatMessage::new(role, content_text(i, m.content.as_ref())?)
+                })
             })
             .collect()
+    }
+
+    /// Reasoning effort, tools and today's date for rendering the conversation.
+    pub fn chat_options(&self) -> Result<ChatOptions, ApiError> {
+        let effort = match self.reasoning_effort.as_deref() {
+            None => Default::default(),
+            Some(e) => e.parse().map_err(|e: String| {
+                ApiError::invalid(Some("reasoning_effort"), format!("{e}."))
+            })?,
+        };
+        let use_tools =
+            match &self.tool_choice {
+                None => true,
+                Some(serde_json::Value::String(c)) if c == "auto" => true,
+                Some(serde_json::Value::String(c)) if c == "none" => false,
+                Some(_) => return Err(ApiError::invalid(
+                    Some("tool_choice"),
+                    "tool_choice must be \"auto\" or \"none\" (forcing a call is not supported).",
+                )),
+            };
+        let mut tools = Vec::new();
+        for (i, tool) in self.tools.iter().flatten().enumerate() {
+            if tool.kind != "function" {
+                return Err(ApiError::invalid(
+                    Some("tools"),
+                    format!(
+                        "tools[{i}].type '{}' is not supported (use function).",
+                        tool.kind
+                    ),
+                ));
+            }
+            if use_tools {
+                tools.push(tool.function.clone());
+            }
+        }
+        Ok(ChatOptions {
+            effort,
+            tools,
+            date: Some(today_utc()),
+        })
     }
 }
 

@@ -10,7 +10,9 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use minerva_engine::{Engine, FinishReason, TokenLogprobs};
+use minerva_engine::reply::Reply as ReplyParser;
+use minerva_engine::{Engine, FinishReason, SampledToken, TokenLogprobs};
+use minerva_models::messages::{ReplyEvent, ToolCall};
 use serde_json::{json, Map, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -44,19 +46,50 @@ pub fn response_id() -> String {
     format!("{:024x}", rand::random::<u128>() >> 32)
 }
 
-/// One choice's tokens (with log-probabilities when asked for) not yet sent.
-#[derive(Default)]
+/// One choice's output (with log-probabilities when asked for) not yet sent.
 struct Pending {
+    /// Reads the generated tokens as the model's chat format spells replies.
+    parser: ReplyParser,
     text: String,
+    /// The model's reasoning (chat: `reasoning_content`).
+    reasoning: String,
+    tool_calls: Vec<ToolCall>,
+    /// Tool calls sent in earlier chunks (a streamed call's `index` counts on from here).
+    calls_sent: usize,
     logprobs: Vec<(u32, TokenLogprobs)>,
     /// Bytes of completion text before `text` (completions' `text_offset`).
     offset: usize,
 }
 
 impl Pending {
-    fn push(&mut self, text: &str, token: Option<(u32, TokenLogprobs)>) {
-        self.text.push_str(text);
-        self.logprobs.extend(token);
+    fn token(&mut self, token: SampledToken) {
+        for event in self.parser.token(&token) {
+            self.apply(event);
+        }
+        self.logprobs
+            .extend(token.logprobs.map(|lp| (token.id, lp)));
+    }
+
+    fn finish(&mut self, text: &str) {
+        for event in self.parser.finish(text) {
+            self.apply(event);
+        }
+    }
+
+    fn apply(&mut self, event: ReplyEvent) {
+        match event {
+            ReplyEvent::Reasoning(text) => self.reasoning.push_str(&text),
+            ReplyEvent::Content(text) => self.text.push_str(&text),
+            ReplyEvent::ToolCall(call) => self.tool_calls.push(call),
+        }
+    }
+
+    fn has_news(&self) -> bool {
+        !(self.text.is_empty() && self.reasoning.is_empty() && self.tool_calls.is_empty())
+    }
+
+    fn called_tools(&self) -> bool {
+        self.calls_sent + self.tool_calls.len() > 0
     }
 }
 
@@ -73,17 +106,32 @@ impl Reply {
         }
     }
 
+    fn pending(&self) -> Pending {
+        Pending {
+            parser: match self.endpoint {
+                Endpoint::Chat => self.engine.reply(),
+                Endpoint::Completion => ReplyParser::Plain,
+            },
+            text: String::new(),
+            reasoning: String::new(),
+            tool_calls: Vec::new(),
+            calls_sent: 0,
+            logprobs: Vec::new(),
+            offset: 0,
+        }
+    }
+
     async fn collect(self, receivers: Vec<Events>) -> Result<Value, ApiError> {
         let mut choices: Vec<(Pending, Option<FinishReason>)> =
-            receivers.iter().map(|_| Default::default()).collect();
+            receivers.iter().map(|_| (self.pending(), None)).collect();
         let mut generated = 0;
         let mut events = merge(receivers);
         while let Some((i, event)) = events.next().await {
             let (pending, finish) = &mut choices[i];
             match event {
-                Event::Token(t) => pending.push(&t.text, t.logprobs.map(|lp| (t.id, lp))),
+                Event::Token(t) => pending.token(t),
                 Event::Finished { text, stats } => {
-                    pending.push(&text, None);
+                    pending.finish(&text);
                     generated += stats.generated_tokens;
                     *finish = Some(stats.finish);
                 }
@@ -114,7 +162,7 @@ impl Reply {
     ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         async_stream::stream! {
             let n = receivers.len();
-            let mut pending: Vec<Pending> = (0..n).map(|_| Pending::default()).collect();
+            let mut pending: Vec<Pending> = (0..n).map(|_| self.pending()).collect();
             let mut generated = 0;
             // The first chunk of each choice opens it (chat: the assistant role; completions:
             // the echoed prompt).
@@ -128,13 +176,13 @@ impl Reply {
             while let Some((i, event)) = events.next().await {
                 match event {
                     Event::Token(t) => {
-                        pending[i].push(&t.text, t.logprobs.map(|lp| (t.id, lp)));
-                        if !pending[i].text.is_empty() {
+                        pending[i].token(t);
+                        if pending[i].has_news() {
                             yield Ok(self.chunk(i, &mut pending[i], None, false, include_usage));
                         }
                     }
                     Event::Finished { text, stats } => {
-                        pending[i].push(&text, None);
+                        pending[i].finish(&text);
                         generated += stats.generated_tokens;
                         let finish = Some(stats.finish);
                         yield Ok(self.chunk(i, &mut pending[i], finish, false, include_usage));
@@ -171,6 +219,9 @@ impl Reply {
         }
         pending.offset += pending.text.len();
         pending.text.clear();
+        pending.reasoning.clear();
+        pending.calls_sent += pending.tool_calls.len();
+        pending.tool_calls.clear();
         pending.logprobs.clear();
         SseEvent::default().data(body.to_string())
     }
@@ -198,7 +249,10 @@ impl Reply {
         chunk: bool,
         first: bool,
     ) -> Value {
-        let finish_reason = finish.map(finish_reason);
+        let finish_reason = finish.map(|f| match f {
+            FinishReason::EndOfText if pending.called_tools() => "tool_calls",
+            f => finish_reason(f),
+        });
         match self.endpoint {
             Endpoint::Chat => {
                 let logprobs = self.logprobs.then(|| {
@@ -208,8 +262,26 @@ impl Reply {
                 if !chunk || first {
                     message.insert("role".into(), "assistant".into());
                 }
+                let calls = !pending.tool_calls.is_empty();
                 if !chunk || first || !pending.text.is_empty() {
-                    message.insert("content".into(), pending.text.clone().into());
+                    let content = match pending.text.is_empty() && calls && !chunk {
+                        true => Value::Null, // OpenAI: a message that only calls has no content
+                        false => pending.text.clone().into(),
+                    };
+                    message.insert("content".into(), content);
+                }
+                if !pending.reasoning.is_empty() {
+                    message.insert("reasoning_content".into(), pending.reasoning.clone().into());
+                }
+                if calls {
+                    let calls = pending.tool_calls.iter().enumerate().map(|(k, call)| {
+                        let mut call = json!(call);
+                        if chunk {
+                            call["index"] = json!(pending.calls_sent + k);
+                        }
+                        call
+                    });
+                    message.insert("tool_calls".into(), calls.collect());
                 }
                 if !chunk {
                     message.insert("refusal".into(), Value::Null);

@@ -11,39 +11,15 @@ mod reply;
 mod vocab;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use openai_harmony::chat::{
     Author, DeveloperContent, Message, ReasoningEffort, Role, SystemContent, ToolDescription,
 };
 use openai_harmony::{load_harmony_encoding, HarmonyEncoding, HarmonyEncodingName};
 
-use crate::chat_template::{ChatMessage, FunctionTool};
 use crate::error::{ModelError, Result};
-pub use reply::{HarmonyReply, ReplyEvent};
-
-/// How long the model reasons before answering (harmony's `Reasoning:` line).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Effort {
-    Low,
-    #[default]
-    Medium,
-    High,
-}
-
-impl FromStr for Effort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "low" => Ok(Effort::Low),
-            "medium" => Ok(Effort::Medium),
-            "high" => Ok(Effort::High),
-            other => Err(format!(
-                "reasoning effort '{other}' is not one of low, medium, high"
-            )),
-        }
-    }
-}
+use crate::messages::{ChatMessage, ChatOptions, Effort};
+pub use reply::HarmonyReply;
 
 impl From<Effort> for ReasoningEffort {
     fn from(e: Effort) -> Self {
@@ -53,16 +29,6 @@ impl From<Effort> for ReasoningEffort {
             Effort::High => ReasoningEffort::High,
         }
     }
-}
-
-/// What a conversation's rendering needs besides its messages.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HarmonyOptions {
-    pub effort: Effort,
-    /// Functions the model may call.
-    pub tools: Vec<FunctionTool>,
-    /// The system message's `Current date:` (YYYY-MM-DD); `None` leaves the line out.
-    pub date: Option<String>,
 }
 
 /// The harmony encoding of gpt-oss (o200k_harmony tokens).
@@ -92,7 +58,7 @@ impl Harmony {
 
     /// Prompt tokens for `messages`, ending with the assistant's turn opened
     /// (`<|start|>assistant`).
-    pub fn render(&self, messages: &[ChatMessage], options: &HarmonyOptions) -> Result<Vec<u32>> {
+    pub fn render(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<Vec<u32>> {
         let conversation = to_harmony(messages, options)?;
         self.encoding
             .render_conversation_for_completion(&conversation, Role::Assistant, None)
@@ -132,7 +98,7 @@ impl Harmony {
 }
 
 /// The conversation in harmony's terms.
-fn to_harmony(messages: &[ChatMessage], options: &HarmonyOptions) -> Result<Vec<Message>> {
+fn to_harmony(messages: &[ChatMessage], options: &ChatOptions) -> Result<Vec<Message>> {
     let mut system = SystemContent::new().with_reasoning_effort(options.effort.into());
     if let Some(date) = &options.date {
         system = system.with_conversation_start_date(date.clone());

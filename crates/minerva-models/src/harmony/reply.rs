@@ -4,18 +4,7 @@
 use openai_harmony::chat::{Content, Message, Role};
 use openai_harmony::{HarmonyEncoding, StreamableParser};
 
-use crate::chat_template::ToolCall;
-
-/// A piece of the reply, available as soon as its token is parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplyEvent {
-    /// Text of the `analysis` channel (the model's reasoning).
-    Reasoning(String),
-    /// Text meant for the user: the `final` channel, or a `commentary` preamble.
-    Content(String),
-    /// A complete `commentary` message addressed to `functions.NAME`.
-    ToolCall(ToolCall),
-}
+use crate::messages::{ReplyEvent, ToolCall};
 
 /// Parses the tokens generated after a harmony prompt.
 ///

@@ -4,7 +4,7 @@
 use openai_harmony::chat::{Message, Role};
 
 use super::*;
-use crate::chat_template::ToolCall;
+use crate::messages::{Effort, FunctionTool, ReplyEvent, ToolCall};
 
 fn harmony() -> Harmony {
     Harmony::load().expect("harmony loads from the local vocabulary")
@@ -29,7 +29,7 @@ fn renders_the_prompt_gpt_oss_expects() {
         ChatMessage::new("system", "Answer in one word."),
         ChatMessage::new("user", "Capital of France?"),
     ];
-    let options = HarmonyOptions {
+    let options = ChatOptions {
         effort: Effort::High,
         tools: Vec::new(),
         date: Some("2026-11-23".into()),
@@ -52,7 +52,7 @@ fn reasoning_effort_and_tools_reach_the_prompt() {
         (Effort::Medium, "Reasoning: medium"),
         (Effort::High, "Reasoning: high"),
     ] {
-        let options = HarmonyOptions {
+        let options = ChatOptions {
             effort,
             tools: vec![weather_tool()],
             date: None,
@@ -100,7 +100,7 @@ fn conversation_with_a_tool_call_round_trips() {
             ..ChatMessage::default()
         },
     ];
-    let options = HarmonyOptions {
+    let options = ChatOptions {
         effort: Effort::Low,
         tools: vec![weather_tool()],
         date: None,
@@ -274,10 +274,7 @@ fn text_outside_the_format_is_kept_as_content() {
 fn tool_messages_need_a_function_name() {
     let h = harmony();
     let err = h
-        .render(
-            &[ChatMessage::new("tool", "42")],
-            &HarmonyOptions::default(),
-        )
+        .render(&[ChatMessage::new("tool", "42")], &ChatOptions::default())
         .unwrap_err()
         .to_string();
     assert!(
@@ -285,10 +282,7 @@ fn tool_messages_need_a_function_name() {
         "{err}"
     );
     let err = h
-        .render(
-            &[ChatMessage::new("robot", "hi")],
-            &HarmonyOptions::default(),
-        )
+        .render(&[ChatMessage::new("robot", "hi")], &ChatOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("role 'robot'"), "{err}");
