@@ -138,6 +138,9 @@ pub struct LoadedModel {
     pub files: ModelFiles,
 }
 
+/// o200k_harmony's vocabulary size (gpt-oss's `vocab_size`).
+const O200K_VOCAB: usize = 201_088;
+
 /// Whether `tokenizer` spells harmony's markup tokens with o200k_harmony's ids (the ids
 /// `openai-harmony` renders and parses).
 fn speaks_harmony(tokenizer: &Tokenizer) -> bool {
@@ -155,19 +158,31 @@ fn speaks_harmony(tokenizer: &Tokenizer) -> bool {
 pub fn load(path: &Path) -> Result<LoadedModel> {
     let files = ModelFiles::locate(path)?;
     let (checkpoint, config) = open_checkpoint(&files)?;
+    let mut harmony = None;
     let tokenizer = match (&checkpoint, &files) {
         (Checkpoint::Gguf(gguf), _) => Tokenizer::from_gguf_metadata(gguf.metadata())?,
         (_, ModelFiles::Safetensors { dir, .. }) => {
-            Tokenizer::from_file(&dir.join("tokenizer.json"))?
+            let path = dir.join("tokenizer.json");
+            match &config {
+                // OpenAI's original gpt-oss layout ships no tokenizer.json: its tokenizer is
+                // o200k_harmony, which openai-harmony carries.
+                ModelConfig::GptOss(c) if !path.exists() && c.vocab == O200K_VOCAB => {
+                    let h = Harmony::load()?;
+                    let tokenizer = Tokenizer::o200k_harmony(&h)?;
+                    harmony = Some(h);
+                    tokenizer
+                }
+                _ => Tokenizer::from_file(&path)?,
+            }
         }
         (Checkpoint::Safetensors(_), ModelFiles::Gguf(_)) => {
             unreachable!("checkpoint follows files")
         }
     };
-    let harmony = match &config {
-        ModelConfig::GptOss(_) if speaks_harmony(&tokenizer) => Some(Harmony::load()?),
-        _ => None,
-    };
+    if harmony.is_none() && matches!(config, ModelConfig::GptOss(_)) && speaks_harmony(&tokenizer)
+    {
+        harmony = Some(Harmony::load()?);
+    }
     let model = build(&checkpoint, config)?;
     let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
     let template = match tokenizer.chat_template() {

@@ -88,6 +88,14 @@ impl Harmony {
         self.encoding.tokenizer().encode_with_special_tokens(text)
     }
 
+    /// The bytes token `id` stands for (a markup token: its text).
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        self.encoding
+            .tokenizer()
+            .decode_bytes([id])
+            .map_err(harmony_error)
+    }
+
     /// Text of `tokens`, markup tokens included.
     pub fn decode(&self, tokens: &[u32]) -> Result<String> {
         self.encoding

@@ -18,6 +18,7 @@ mod hf;
 mod pretok;
 mod spm;
 mod stream;
+mod tiktoken;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,12 @@ impl Tokenizer {
     /// `tokenizer_config.json`, `generation_config.json` and `config.json` beside it when present.
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         hf::build(path)
+    }
+
+    /// gpt-oss's o200k_harmony tokenizer, from the harmony encoding (for checkpoints without
+    /// a `tokenizer.json`).
+    pub fn o200k_harmony(harmony: &crate::harmony::Harmony) -> Result<Tokenizer, TokenizerError> {
+        tiktoken::o200k_harmony(harmony)
     }
 
     /// Token ids for `text`. Special tokens written in the text (e.g. `<|im_start|>`) become
@@ -414,7 +421,6 @@ pub(crate) fn clean_spaces(text: &mut Vec<u8>) {
 }
 
 /// GPT-2's byte-to-character map for byte-level BPE vocabularies.
-#[cfg(test)]
 pub(crate) fn byte_to_char(b: u8) -> char {
     BYTE_CHARS.get_or_init(build_byte_chars).0[b as usize]
 }
