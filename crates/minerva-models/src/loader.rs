@@ -179,8 +179,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             unreachable!("checkpoint follows files")
         }
     };
-    if harmony.is_none() && matches!(config, ModelConfig::GptOss(_)) && speaks_harmony(&tokenizer)
-    {
+    if harmony.is_none() && matches!(config, ModelConfig::GptOss(_)) && speaks_harmony(&tokenizer) {
         harmony = Some(Harmony::load()?);
     }
     let model = build(&checkpoint, config)?;

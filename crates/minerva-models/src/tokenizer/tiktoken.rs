@@ -58,7 +58,12 @@ pub(crate) fn o200k_harmony(harmony: &Harmony) -> Result<Tokenizer, TokenizerErr
     put("tokenizer.ggml.token_type", MetaValue::Array(types));
     put(
         "tokenizer.ggml.merges",
-        MetaValue::Array(merges.into_iter().map(|(_, m)| MetaValue::String(m)).collect()),
+        MetaValue::Array(
+            merges
+                .into_iter()
+                .map(|(_, m)| MetaValue::String(m))
+                .collect(),
+        ),
     );
     if let Some(id) = id_of("<|startoftext|>") {
         put("tokenizer.ggml.bos_token_id", MetaValue::U32(id));
@@ -72,7 +77,11 @@ pub(crate) fn o200k_harmony(harmony: &Harmony) -> Result<Tokenizer, TokenizerErr
 
 /// The two parts BPE joins last to make `token` (rank `rank`): merge the bytes by lowest
 /// rank, as the encoder does, but stop before any merge of rank `rank` or above.
-fn last_merge<'a>(token: &'a [u8], rank: u32, ranks: &HashMap<Vec<u8>, u32>) -> (&'a [u8], &'a [u8]) {
+fn last_merge<'a>(
+    token: &'a [u8],
+    rank: u32,
+    ranks: &HashMap<Vec<u8>, u32>,
+) -> (&'a [u8], &'a [u8]) {
     // Part boundaries: part i is token[bounds[i]..bounds[i + 1]].
     let mut bounds: Vec<usize> = (0..=token.len()).collect();
     loop {
