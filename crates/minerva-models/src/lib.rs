@@ -11,6 +11,7 @@ pub mod formats;
 pub mod kv;
 pub mod loader;
 pub mod model_cache;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use arch::{CausalLm, Logits, ModelInfo};
