@@ -60,6 +60,21 @@ impl GptOssDims {
         sliding_window: 128,
     };
 
+    /// A gpt-oss small enough to write with random values in a test (2 layers, hidden 128,
+    /// 4 experts, vocab 256); every quantized axis still divides into whole groups.
+    pub const TINY: GptOssDims = GptOssDims {
+        hidden: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        experts: 4,
+        experts_per_token: 2,
+        intermediate: 64,
+        vocab: 256,
+        sliding_window: 8,
+    };
+
     /// Whether every quantized axis divides into whole groups (32 for mxfp4, 64 for the
     /// 8-bit affine layers) and the heads group evenly.
     pub fn check(&self) -> Result<(), String> {

@@ -136,20 +136,7 @@ fn mlx_layout_is_what_mlx_lm_writes() {
     }
 }
 
-/// A gpt-oss small enough to write with random values in a test; every quantized axis still
-/// divides into whole groups.
-pub const TINY: GptOssDims = GptOssDims {
-    hidden: 128,
-    layers: 2,
-    heads: 4,
-    kv_heads: 2,
-    head_dim: 32,
-    experts: 4,
-    experts_per_token: 2,
-    intermediate: 64,
-    vocab: 256,
-    sliding_window: 8,
-};
+const TINY: GptOssDims = GptOssDims::TINY;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("minerva-synth-{}-{name}", std::process::id()));
