@@ -241,13 +241,8 @@ pub fn gpt_oss(layout: Layout, dims: &GptOssDims) -> Result<CheckpointSpec, Stri
 /// and LM head; layers in the index's (string-sorted) order.
 fn openai_tensors(d: &GptOssDims) -> Vec<TensorSpec> {
     use Values::*;
-    let (h, e, i, q, kv) = (
-        d.hidden,
-        d.experts,
-        d.intermediate,
-        d.heads * d.head_dim,
-        d.kv_heads * d.head_dim,
-    );
+    let (h, e, i) = (d.hidden, d.experts, d.intermediate);
+    let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     let mut layers: Vec<usize> = (0..d.layers).collect();
     layers.sort_by_key(|l| l.to_string());
     let mut out = Vec::new();
@@ -339,13 +334,8 @@ fn affine8(out: &mut Vec<TensorSpec>, prefix: &str, rows: usize, inp: usize, bia
 /// mlx-lm's order (`tree_flatten(model.parameters())`): embedding, final norm, each layer in
 /// turn, LM head.
 fn mlx_tensors(d: &GptOssDims) -> Vec<TensorSpec> {
-    let (h, e, i, q, kv) = (
-        d.hidden,
-        d.experts,
-        d.intermediate,
-        d.heads * d.head_dim,
-        d.kv_heads * d.head_dim,
-    );
+    let (h, e, i) = (d.hidden, d.experts, d.intermediate);
+    let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     let mut out = Vec::new();
     affine8(&mut out, "model.embed_tokens", d.vocab, h, false);
     out.push(TensorSpec::new(
