@@ -1,5 +1,7 @@
 //! `minerva bench`: prefill and decode throughput, measured like `scripts/bench_llama_cpp.py`
 //! measures llama.cpp (same prompt text, fresh cache per run, one warm-up, median of runs).
+//! `minerva bench --load`: time from start to ready, resident memory and decode speed, from
+//! token ids (no tokenizer needed, so synthetic checkpoints work too).
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,9 +10,11 @@ use anyhow::ensure;
 use clap::Args;
 use minerva_engine::sampler::argmax;
 use minerva_engine::{forward, ContiguousKvCache, Engine};
-use minerva_models::Logits;
+use minerva_models::{CausalLm, Logits};
 
 use crate::model_path;
+
+mod load;
 
 /// The prompt text `scripts/bench_llama_cpp.py` uses, so both engines see the same tokens.
 const TEXT: &str =
@@ -35,9 +39,13 @@ pub struct BenchArgs {
     /// Tokens generated (one at a time) for the decode measurement
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Measured runs (after one warm-up); the median is reported
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
+    /// Measured runs (after one warm-up); the median is reported [default: 3, 5 with --load]
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Measure loading instead: start to ready (files located, weights mapped, config
+    /// parsed, model built; no tokenizer), resident memory, then decode speed from token ids
+    #[arg(long)]
+    pub load: bool,
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
@@ -48,12 +56,42 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Greedy decode speed: prefill `prompt` into a fresh cache, then time `gen_tokens` steps of
+/// one token each. Fails if the logits are not finite (a broken model or checkpoint).
+fn decode_rate(
+    model: &dyn CausalLm,
+    prompt: &[u32],
+    gen_tokens: usize,
+    max_len: Option<usize>,
+) -> anyhow::Result<f64> {
+    let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+    let mut step = |tokens: &[u32]| -> anyhow::Result<u32> {
+        let logits = forward(model, tokens, &mut cache, Logits::Last)?;
+        let logits = logits.as_f32()?;
+        ensure!(
+            logits.iter().all(|x| x.is_finite()),
+            "the model's logits are not finite"
+        );
+        Ok(argmax(logits))
+    };
+    let mut token = step(prompt)?;
+    let t = Instant::now();
+    for _ in 0..gen_tokens {
+        token = step(&[token])?;
+    }
+    Ok(gen_tokens as f64 / t.elapsed().as_secs_f64())
+}
+
 pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
+    let runs = args.runs.unwrap_or(if args.load { 5 } else { 3 });
     ensure!(
-        args.runs > 0 && args.prompt_tokens > 0 && args.gen_tokens > 0,
+        runs > 0 && args.prompt_tokens > 0 && args.gen_tokens > 0,
         "--runs, --prompt-tokens and --gen-tokens must be > 0"
     );
     let path = model_path::resolve(model)?;
+    if args.load {
+        return load::bench_load(&path, runs, args);
+    }
     let engine = Engine::load(&path)?;
     let model = engine.model();
     let base = engine.tokenizer().encode(TEXT, false)?;
@@ -73,20 +111,17 @@ pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
         argmax(logits.as_f32()?);
         let prefill = args.prompt_tokens as f64 / t.elapsed().as_secs_f64();
 
-        let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
-        let mut token = argmax(forward(model, short, &mut cache, Logits::Last)?.as_f32()?);
-        let t = Instant::now();
-        for _ in 0..args.gen_tokens {
-            token = argmax(forward(model, &[token], &mut cache, Logits::Last)?.as_f32()?);
-        }
-        Ok((prefill, args.gen_tokens as f64 / t.elapsed().as_secs_f64()))
+        Ok((
+            prefill,
+            decode_rate(model, short, args.gen_tokens, max_len)?,
+        ))
     };
     one_run()?;
-    let runs = (0..args.runs)
+    let runs_done = (0..runs)
         .map(|_| one_run())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let prefill = median(runs.iter().map(|r| r.0).collect());
-    let decode = median(runs.iter().map(|r| r.1).collect());
+    let prefill = median(runs_done.iter().map(|r| r.0).collect());
+    let decode = median(runs_done.iter().map(|r| r.1).collect());
     let threads = rayon::current_num_threads();
     if args.json {
         println!(
@@ -99,7 +134,7 @@ pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
                 "decode_tok_s": (decode * 100.0).round() / 100.0,
                 "prompt_tokens": args.prompt_tokens,
                 "gen_tokens": args.gen_tokens,
-                "runs": args.runs,
+                "runs": runs,
                 "load_ms": (engine.load_time().as_secs_f64() * 1e4).round() / 10.0,
             })
         );

@@ -52,8 +52,13 @@ fn show_tensors(tensors: &[TensorInfo], all: bool) {
     } else {
         tensors.len().min(20)
     };
+    let width = tensors[..shown]
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(0);
     for t in &tensors[..shown] {
-        println!("  {:<40} {:<5} {:?}", t.name, t.dtype.name(), t.shape);
+        println!("  {:<width$} {:<5} {:?}", t.name, t.dtype.name(), t.shape);
     }
     if shown < tensors.len() {
         println!("  … {} more (--all lists them)", tensors.len() - shown);

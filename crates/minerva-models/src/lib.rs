@@ -13,6 +13,7 @@ pub mod kv;
 pub mod loader;
 pub mod messages;
 pub mod model_cache;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use arch::{CausalLm, Logits, ModelInfo};
