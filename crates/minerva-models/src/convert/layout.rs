@@ -131,11 +131,12 @@ fn gpt_oss_experts(t: &TensorInfo) -> Result<Option<Vec<Item>>, (String, String)
         _ => return Ok(None),
     };
     let dense = matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16);
-    if t.shape.len() != rank || !dense || (interleaved && t.shape[rank - 1] % 2 != 0) {
+    let odd = interleaved && !t.shape[rank - 1].is_multiple_of(2);
+    if t.shape.len() != rank || !dense || odd || t.shape.contains(&0) {
         return Err((
             t.name.clone(),
             format!(
-                "has {} {:?}; transformers' gpt-oss layout has {rank} axes of floats{}",
+                "has {} {:?}; transformers' gpt-oss layout has {rank} non-empty axes of floats{}",
                 t.dtype,
                 t.shape,
                 if interleaved { ", the last even" } else { "" }

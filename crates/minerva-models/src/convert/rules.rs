@@ -288,16 +288,14 @@ mod tests {
         let plan = QuantPlan::gpt_oss_mxfp4_q8();
         let experts = "model.layers.0.mlp.experts.gate_proj";
         assert_eq!(plan.choose(experts, &[4, 64, 64]), Some(QuantSpec::Mxfp4));
-        let q8 = Some(QuantSpec::Affine { bits: 8, group: 64 });
-        assert_eq!(
-            plan.choose("model.layers.0.self_attn.q_proj", &[128, 64]),
-            q8
-        );
+        let q8 = QuantSpec::Affine { bits: 8, group: 64 };
+        let q_proj = plan.choose("model.layers.0.self_attn.q_proj", &[128, 64]);
+        assert_eq!(q_proj, Some(q8));
         // Not whole groups, or not a matrix: stays float.
         assert_eq!(plan.choose("lm_head", &[256, 96]), None);
         assert_eq!(plan.choose(experts, &[64]), None);
         let block = plan
-            .config_block([(experts, QuantSpec::Mxfp4), ("lm_head", q8.unwrap())])
+            .config_block([(experts, QuantSpec::Mxfp4), ("lm_head", q8)])
             .unwrap();
         assert_eq!(
             block,
