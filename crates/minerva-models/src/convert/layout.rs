@@ -131,7 +131,7 @@ fn gpt_oss_experts(t: &TensorInfo) -> Result<Option<Vec<Item>>, (String, String)
         _ => return Ok(None),
     };
     let dense = matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16);
-    let odd = interleaved && !t.shape[rank - 1].is_multiple_of(2);
+    let odd = interleaved && t.shape.last().is_some_and(|d| !d.is_multiple_of(2));
     if t.shape.len() != rank || !dense || odd || t.shape.contains(&0) {
         return Err((
             t.name.clone(),
