@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod convert;
 mod inspect;
 mod model_path;
 mod options;
@@ -45,6 +46,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
+    /// Convert an HF safetensors checkpoint (--model) to MLX format, quantized as mlx does
+    Convert(convert::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,5 +94,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(model, &args),
         Command::Inspect(args) => inspect::inspect(model, &args),
         Command::Bench(args) => bench::bench(model, &args),
+        Command::Convert(args) => convert::convert(model, &args),
     }
 }

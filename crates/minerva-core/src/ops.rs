@@ -337,6 +337,33 @@ pub fn scatter_add_rows(acc: &mut Array, rows: &Array, src: &Array, weights: &Ar
     Ok(())
 }
 
+/// `w` (dense f32, f16 or bf16, `[.., k]`) quantized along its last axis to `dtype` (MLX
+/// affine or MXFP4), bit for bit as `mx.quantize` of mlx 0.32 computes it. Affine scales and
+/// biases keep `w`'s dtype; MXFP4 scales are e8m0 bytes.
+pub fn quantize(w: &Array, dtype: DType) -> Result<Array> {
+    use crate::backends::cpu::quantize::{quantize as cpu_quantize, Source};
+    let source = Source::of(w.dtype())?;
+    let Some(&k) = w.shape().last() else {
+        return shape_err("quantize: a scalar has no rows".into());
+    };
+    let q = cpu_quantize(w.host_bytes(), source, k, dtype)?;
+    let mut group_shape = w.shape().to_vec();
+    *group_shape.last_mut().expect("w has a last axis") = k / dtype.block_len();
+    let params = |bytes: Vec<u8>, dtype: DType| -> Result<Array> {
+        let mut a = Array::zeros(dtype, &group_shape)?;
+        a.host_bytes_mut()?.copy_from_slice(&bytes);
+        Ok(a)
+    };
+    let scales = match dtype {
+        DType::Mxfp4 => params(q.scales, DType::U8)?,
+        _ => params(q.scales, w.dtype())?,
+    };
+    let biases = q.biases.map(|b| params(b, w.dtype())).transpose()?;
+    let mut codes = Array::zeros(DType::U8, &[q.codes.len()])?;
+    codes.host_bytes_mut()?.copy_from_slice(&q.codes);
+    Array::quantized(&codes, dtype, w.shape(), scales, biases)
+}
+
 /// Swaps the last two axes of a dense array, as f32 (`[.., a, b]` -> `[.., b, a]`); for
 /// checkpoints that store a weight input-major.
 pub fn transpose_last2(x: &Array) -> Result<Array> {

@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod formats;
 pub mod harmony;

@@ -13,7 +13,7 @@ use half::{bf16, f16};
 use crate::{Array, DType, Error, Result};
 
 /// The e2m1 values of the 16 FP4 codes (sign in bit 3).
-const E2M1: [f32; 16] = [
+pub(crate) const E2M1: [f32; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 ];
 

@@ -5,6 +5,7 @@ pub mod dense;
 pub mod elementwise;
 pub mod grouped;
 pub mod quant;
+pub mod quantize;
 
 use std::ops::Range;
 
