@@ -6,6 +6,7 @@ use minerva_core::{Array, DType};
 
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
+use crate::formats::mlx_quantization::QuantSpec;
 use crate::formats::safetensors::SafetensorsModel;
 use crate::formats::TensorInfo;
 
@@ -142,6 +143,24 @@ impl Checkpoint {
                 ))
             }
         };
+        if let Checkpoint::Safetensors(model) = self {
+            if let Some(q) = model.quantization() {
+                let held = QuantSpec::of(dtype).expect("a quantized dtype");
+                match q.module(prefix) {
+                    Some(spec) if spec == held => {}
+                    Some(spec) => {
+                        return fail(format!(
+                            "holds {held} codes but config.json's quantization says {spec} for {prefix}"
+                        ))
+                    }
+                    None => {
+                        return fail(format!(
+                            "is quantized ({held}) but config.json's quantization marks {prefix} unquantized"
+                        ))
+                    }
+                }
+            }
+        }
         let codes =
             Array::from_mapped(codes.map.clone(), codes.offset, DType::U8, &[codes.nbytes])?;
         let params = |info: &TensorInfo| {

@@ -11,6 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{LlamaConfig, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
+use crate::formats::mlx_quantization::QuantizationConfig;
 use crate::formats::safetensors::SafetensorsModel;
 use crate::formats::FormatError;
 use crate::harmony::Harmony;
@@ -106,10 +107,13 @@ pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, ModelConfig)> 
                 ));
             }
             let config = ModelConfig::from_hf_json(&config_path)?;
-            Ok((
-                Checkpoint::Safetensors(SafetensorsModel::open(weights)?),
-                config,
-            ))
+            let json: serde_json::Value = std::fs::read(&config_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let quantization = QuantizationConfig::from_config(&json, &config_path)?;
+            let model = SafetensorsModel::open(weights)?.with_quantization(quantization);
+            Ok((Checkpoint::Safetensors(model), config))
         }
     }
 }

@@ -4,6 +4,7 @@
 //! loader turns them into `Array`s that borrow the mapping.
 
 pub mod gguf;
+pub mod mlx_quantization;
 pub mod safetensors;
 
 use std::path::PathBuf;

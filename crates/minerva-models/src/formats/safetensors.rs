@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, SafeTensorError};
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
+use super::mlx_quantization::QuantizationConfig;
 use super::{map_file, FormatError, TensorInfo};
 
 const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -22,6 +23,8 @@ pub struct SafetensorsModel {
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+    /// The MLX `quantization` block of the checkpoint's config.json, when it has one.
+    quantization: Option<QuantizationConfig>,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +177,19 @@ impl SafetensorsModel {
             tensors,
             index,
             metadata,
+            quantization: None,
         })
+    }
+
+    /// Attaches the MLX `quantization` block read from the checkpoint's config.json; quantized
+    /// weights are then checked against it as they load.
+    pub fn with_quantization(mut self, quantization: Option<QuantizationConfig>) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    pub fn quantization(&self) -> Option<&QuantizationConfig> {
+        self.quantization.as_ref()
     }
 
     /// All tensors, sorted by name.
