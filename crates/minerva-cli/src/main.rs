@@ -7,6 +7,7 @@ mod convert;
 mod inspect;
 mod model_path;
 mod options;
+mod perplexity;
 mod serve;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
+    /// Perplexity of a text file under the model (llama.cpp's method)
+    Perplexity(perplexity::PerplexityArgs),
     /// Convert an HF safetensors checkpoint (--model) to MLX format, quantized as mlx does
     Convert(convert::ConvertArgs),
 }
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(model, &args),
         Command::Inspect(args) => inspect::inspect(model, &args),
         Command::Bench(args) => bench::bench(model, &args),
+        Command::Perplexity(args) => perplexity::perplexity(model, &args),
         Command::Convert(args) => convert::convert(model, &args),
     }
 }
