@@ -221,7 +221,7 @@ fn strftime_now(format: String) -> Result<Value, Error> {
     Ok(Value::from(strftime(&format, secs)))
 }
 
-fn strftime(format: &str, unix: i64) -> String {
+pub(crate) fn strftime(format: &str, unix: i64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
