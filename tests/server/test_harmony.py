@@ -80,6 +80,7 @@ def test_reasoning_effort_and_tools_are_accepted(harmony_server):
         ],
         tools=tools,
         max_tokens=32,
+        temperature=0,
     )
     assert r.choices[0].message.content == "Paris"
 
