@@ -8,6 +8,7 @@ use crate::arch::llama::Llama;
 use crate::arch::CausalLm;
 use crate::chat_template::ChatTemplate;
 use crate::checkpoint::Checkpoint;
+use crate::config::hf::HfJson;
 use crate::config::{LlamaConfig, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
@@ -106,12 +107,9 @@ pub fn open_checkpoint(files: &ModelFiles) -> Result<(Checkpoint, ModelConfig)> 
                     "missing: safetensors weights need a config.json beside them",
                 ));
             }
-            let config = ModelConfig::from_hf_json(&config_path)?;
-            let json: serde_json::Value = std::fs::read(&config_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            let quantization = QuantizationConfig::from_config(&json, &config_path)?;
+            let json = HfJson::read(&config_path)?;
+            let config = ModelConfig::from_hf(&json)?;
+            let quantization = QuantizationConfig::from_config(&json.json, &config_path)?;
             let model = SafetensorsModel::open(weights)?.with_quantization(quantization);
             Ok((Checkpoint::Safetensors(model), config))
         }

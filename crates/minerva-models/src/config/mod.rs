@@ -25,13 +25,18 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// From a `config.json` (transformers, mlx-lm or OpenAI's original gpt-oss dialect).
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
-        let cfg = HfJson::read(path)?;
-        if GptOssConfig::is_openai_original(&cfg) {
-            return Ok(ModelConfig::GptOss(GptOssConfig::from_hf(&cfg)?));
+        ModelConfig::from_hf(&HfJson::read(path)?)
+    }
+
+    /// The architecture of an already parsed `config.json`.
+    pub fn from_hf(cfg: &HfJson<'_>) -> Result<ModelConfig> {
+        let path = cfg.path;
+        if GptOssConfig::is_openai_original(cfg) {
+            return Ok(ModelConfig::GptOss(GptOssConfig::from_hf(cfg)?));
         }
         match cfg.model_type()? {
-            "gpt_oss" => Ok(ModelConfig::GptOss(GptOssConfig::from_hf(&cfg)?)),
-            "llama" | "mistral" | "qwen2" => Ok(ModelConfig::Llama(LlamaConfig::from_hf(&cfg)?)),
+            "gpt_oss" => Ok(ModelConfig::GptOss(GptOssConfig::from_hf(cfg)?)),
+            "llama" | "mistral" | "qwen2" => Ok(ModelConfig::Llama(LlamaConfig::from_hf(cfg)?)),
             other => Err(ModelError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 arch: other.to_string(),
