@@ -3,16 +3,16 @@
 //! `minerva bench --load`: time from start to ready, resident memory and decode speed, from
 //! token ids (no tokenizer needed, so synthetic checkpoints work too).
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::ensure;
 use clap::Args;
+use minerva_core::Device;
 use minerva_engine::sampler::argmax;
-use minerva_engine::{forward, ContiguousKvCache, Engine};
+use minerva_engine::{forward, ContiguousKvCache};
 use minerva_models::{CausalLm, Logits};
 
-use crate::model_path;
+use crate::model_path::ModelChoice;
 
 mod load;
 
@@ -67,12 +67,12 @@ fn decode_rate(
     let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
     let mut step = |tokens: &[u32]| -> anyhow::Result<u32> {
         let logits = forward(model, tokens, &mut cache, Logits::Last)?;
-        let logits = logits.as_f32()?;
+        let logits = logits.to_f32_vec()?;
         ensure!(
             logits.iter().all(|x| x.is_finite()),
             "the model's logits are not finite"
         );
-        Ok(argmax(logits))
+        Ok(argmax(&logits))
     };
     let mut token = step(prompt)?;
     let t = Instant::now();
@@ -82,17 +82,17 @@ fn decode_rate(
     Ok(gen_tokens as f64 / t.elapsed().as_secs_f64())
 }
 
-pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
+pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.unwrap_or(if args.load { 5 } else { 3 });
     ensure!(
         runs > 0 && args.prompt_tokens > 0 && args.gen_tokens > 0,
         "--runs, --prompt-tokens and --gen-tokens must be > 0"
     );
-    let path = model_path::resolve(model)?;
+    let path = choice.path()?;
     if args.load {
         return load::bench_load(&path, runs, args);
     }
-    let engine = Engine::load(&path)?;
+    let engine = choice.load_engine()?;
     let model = engine.model();
     let base = engine.tokenizer().encode(TEXT, false)?;
     let prompt: Vec<u32> = base
@@ -108,7 +108,7 @@ pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
         let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
         let t = Instant::now();
         let logits = forward(model, &prompt, &mut cache, Logits::Last)?;
-        argmax(logits.as_f32()?);
+        argmax(&logits.to_f32_vec()?);
         let prefill = args.prompt_tokens as f64 / t.elapsed().as_secs_f64();
 
         Ok((
@@ -146,6 +146,44 @@ pub fn bench(model: Option<&Path>, args: &BenchArgs) -> anyhow::Result<()> {
         );
         println!("prefill-{}: {prefill:.1} tok/s", args.prompt_tokens);
         println!("decode ({} tokens): {decode:.1} tok/s", args.gen_tokens);
+    }
+    if let Device::Cuda(n) = model.device() {
+        kernel_profile(model, short, args.gen_tokens, max_len, n)?;
+    }
+    Ok(())
+}
+
+/// With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel over one decode run, per token.
+fn kernel_profile(
+    model: &dyn CausalLm,
+    prompt: &[u32],
+    gen_tokens: usize,
+    max_len: Option<usize>,
+    ordinal: usize,
+) -> anyhow::Result<()> {
+    let gpu = minerva_core::backends::cuda::device(ordinal)?;
+    gpu.take_profile()?;
+    decode_rate(model, prompt, gen_tokens, max_len)?;
+    let times = gpu.take_profile()?;
+    if times.is_empty() {
+        return Ok(());
+    }
+    let steps = (gen_tokens + 1) as f64;
+    let total: f64 = times.iter().map(|t| t.millis).sum();
+    let launches: usize = times.iter().map(|t| t.launches).sum();
+    println!(
+        "GPU kernel time per token: {:.3} ms in {:.0} launches ({})",
+        total / steps,
+        launches as f64 / steps,
+        gpu.name()
+    );
+    for t in &times {
+        println!(
+            "  {:<28} {:>8.1} us/token {:>6.1} launches/token",
+            t.name,
+            1e3 * t.millis / steps,
+            t.launches as f64 / steps
+        );
     }
     Ok(())
 }

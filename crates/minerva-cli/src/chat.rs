@@ -1,7 +1,6 @@
 //! `minerva chat` and `minerva run`: stream answers to stdout.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
@@ -9,7 +8,7 @@ use clap::ValueEnum;
 use minerva_engine::{Engine, GenerateOptions, GenerationStats, Reply, Session, Step};
 use minerva_models::messages::{today_utc, ChatMessage, ChatOptions, Effort, ReplyEvent};
 
-use crate::model_path;
+use crate::model_path::ModelChoice;
 use crate::options::GenerationArgs;
 
 #[derive(Args)]
@@ -72,15 +71,8 @@ pub struct RunArgs {
     pub gen: GenerationArgs,
 }
 
-fn load(model: Option<&Path>) -> anyhow::Result<Engine> {
-    let path = model_path::resolve(model)?;
-    let engine = Engine::load(&path)?;
-    tracing::info!(
-        "loaded {} in {:.0} ms",
-        path.display(),
-        engine.load_time().as_secs_f64() * 1e3
-    );
-    Ok(engine)
+fn load(choice: &ModelChoice) -> anyhow::Result<Engine> {
+    choice.load_engine()
 }
 
 fn message(role: &str, content: &str) -> ChatMessage {
@@ -195,7 +187,7 @@ fn log_stats(s: &GenerationStats) {
     );
 }
 
-pub fn run(model: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
+pub fn run(model: &ModelChoice, args: &RunArgs) -> anyhow::Result<()> {
     let options = args.gen.options()?;
     let engine = load(model)?;
     let prompt = if args.raw {
@@ -223,7 +215,7 @@ pub fn run(model: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn chat(model: Option<&Path>, args: &ChatArgs) -> anyhow::Result<()> {
+pub fn chat(model: &ModelChoice, args: &ChatArgs) -> anyhow::Result<()> {
     let options = args.gen.options()?;
     let engine = load(model)?;
     let mut session = engine.session(args.gen.context)?;

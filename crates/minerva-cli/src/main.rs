@@ -25,6 +25,9 @@ struct Cli {
     /// Model: a GGUF file, a safetensors file or a model directory [default: SmolLM2-135M-Instruct Q4_1]
     #[arg(long, global = true, env = "MINERVA_MODEL")]
     model: Option<PathBuf>,
+    /// Where to run: auto (the first GPU if one works, else the CPU), cpu, cuda or cuda:N
+    #[arg(long, global = true, env = "MINERVA_DEVICE", default_value = "auto")]
+    device: String,
     /// Worker threads [default: one per CPU]
     #[arg(long, global = true, env = "MINERVA_THREADS")]
     threads: Option<usize>,
@@ -90,14 +93,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .num_threads(threads.max(1))
             .build_global()?;
     }
-    let model = cli.model.as_deref();
+    let choice = model_path::ModelChoice {
+        model: cli.model,
+        device: cli.device,
+    };
+    let model = choice.model.as_deref();
     match cli.command {
-        Command::Chat(args) => chat::chat(model, &args),
-        Command::Run(args) => chat::run(model, &args),
-        Command::Serve(args) => serve::serve(model, &args),
+        Command::Chat(args) => chat::chat(&choice, &args),
+        Command::Run(args) => chat::run(&choice, &args),
+        Command::Serve(args) => serve::serve(&choice, &args),
         Command::Inspect(args) => inspect::inspect(model, &args),
-        Command::Bench(args) => bench::bench(model, &args),
-        Command::Perplexity(args) => perplexity::perplexity(model, &args),
+        Command::Bench(args) => bench::bench(&choice, &args),
+        Command::Perplexity(args) => perplexity::perplexity(&choice, &args),
         Command::Convert(args) => convert::convert(model, &args),
     }
 }

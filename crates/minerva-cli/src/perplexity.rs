@@ -7,15 +7,15 @@
 //! scored by the model's prediction from all tokens before it. ppl = exp(mean negative
 //! log-likelihood of the scored tokens).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::Args;
-use minerva_engine::{forward, ContiguousKvCache, Engine};
+use minerva_engine::{forward, ContiguousKvCache};
 use minerva_models::Logits;
 
-use crate::model_path;
+use crate::model_path::ModelChoice;
 
 #[derive(Args)]
 pub struct PerplexityArgs {
@@ -36,12 +36,11 @@ pub struct PerplexityArgs {
 /// Tokens run through the model at once; bounds the logits held in memory.
 const BATCH: usize = 256;
 
-pub fn perplexity(model: Option<&Path>, args: &PerplexityArgs) -> anyhow::Result<()> {
+pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result<()> {
     ensure!(args.ctx >= 4, "--ctx must be at least 4");
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("{}: cannot read as UTF-8 text", args.file.display()))?;
-    let path = model_path::resolve(model)?;
-    let engine = Engine::load(&path)?;
+    let engine = choice.load_engine()?;
     let model = engine.model();
     ensure!(
         args.ctx <= model.info().context_length,

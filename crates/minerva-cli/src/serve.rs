@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use minerva_server::{Limits, ServeConfig, Server};
 
-use crate::model_path;
+use crate::model_path::ModelChoice;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,8 +37,9 @@ pub struct ServeArgs {
     pub load_delay_ms: u64,
 }
 
-pub fn serve(model: Option<&Path>, args: &ServeArgs) -> anyhow::Result<()> {
-    let path = model_path::resolve(model)?;
+pub fn serve(choice: &ModelChoice, args: &ServeArgs) -> anyhow::Result<()> {
+    let path = choice.path()?;
+    let device = choice.device()?;
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
@@ -48,6 +49,7 @@ pub fn serve(model: Option<&Path>, args: &ServeArgs) -> anyhow::Result<()> {
     };
     let config = ServeConfig {
         model: path,
+        device,
         model_id: model_id.clone(),
         host: args.host.clone(),
         port: args.port,

@@ -1,21 +1,71 @@
 //! `Array`: a typed, shaped view of a buffer on a device.
 //!
-//! Storage is shared (`Arc`) and either owned host memory or a read-only range of a mapped
-//! checkpoint, so loading a model copies nothing. Arrays are immutable once shared; the few
-//! in-place writes (KV cache appends) go through [`Array::host_bytes_mut`], which copies on
-//! write when the storage is shared.
+//! Storage is shared (`Arc`) and either owned host memory, a read-only range of a mapped
+//! checkpoint (so loading a model copies nothing), or a GPU buffer. Arrays are immutable
+//! once shared; the few in-place writes (KV cache appends) go through
+//! [`Array::host_bytes_mut`] or a device kernel.
 
 use std::fmt;
 use std::sync::Arc;
 
 use half::{bf16, f16};
 
+use crate::backends::cuda::{self, DeviceBuffer};
 use crate::{DType, Error, Result};
 
-/// Where an array's data lives. Only the CPU exists today; CUDA and Metal come later.
+/// Where an array's data lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
+    /// The CUDA GPU of this ordinal.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Device {
+    /// The device a user's `--device` names: `cpu`, `cuda`, `cuda:N`, or `auto` (the first
+    /// GPU when one can be opened, else the CPU). Asking for a GPU that cannot be used is
+    /// an error that says why (no driver, driver too old, no such device).
+    pub fn choose(spec: &str) -> Result<Device> {
+        if spec == "auto" {
+            return Ok(match cuda::device(0) {
+                Ok(_) => Device::Cuda(0),
+                Err(_) => Device::Cpu,
+            });
+        }
+        let device: Device = spec.parse()?;
+        if let Device::Cuda(n) = device {
+            cuda::device(n)?;
+        }
+        Ok(device)
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    Error::Device(format!("unknown device {s:?} (cpu, cuda or cuda:N)"))
+                }),
+        }
+    }
 }
 
 /// 64-byte aligned chunk, so host buffers suit any SIMD load.
@@ -33,6 +83,8 @@ enum Storage {
         offset: usize,
         len: usize,
     },
+    /// GPU memory.
+    Cuda(DeviceBuffer),
 }
 
 impl Storage {
@@ -43,15 +95,31 @@ impl Storage {
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
+            Storage::Host { len, .. } | Storage::Mapped { len, .. } => *len,
+            Storage::Cuda(b) => b.len(),
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            Storage::Cuda(b) => Device::Cuda(b.device().ordinal()),
+            _ => Device::Cpu,
+        }
+    }
+
+    /// The bytes of host storage; `None` for device memory.
+    fn bytes(&self) -> Option<&[u8]> {
+        Some(match self {
             Storage::Host { chunks, len } => {
                 // SAFETY: `Chunk` is a plain 64-byte array with no padding, so the vector's
                 // memory is `chunks.len() * 64` initialized bytes and `len` never exceeds that.
                 unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), *len) }
             }
             Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-        }
+            Storage::Cuda(_) => return None,
+        })
     }
 
     fn bytes_mut(&mut self) -> Option<&mut [u8]> {
@@ -62,7 +130,7 @@ impl Storage {
                     std::slice::from_raw_parts_mut(chunks.as_mut_ptr().cast::<u8>(), *len)
                 })
             }
-            Storage::Mapped { .. } => None,
+            Storage::Mapped { .. } | Storage::Cuda(_) => None,
         }
     }
 }
@@ -172,10 +240,19 @@ impl Array {
             )));
         }
         let len = byte_len(dtype, shape)?;
-        if codes.host_bytes().len() != len {
+        let have = codes.byte_range().len();
+        if have != len {
             return Err(Error::Shape(format!(
-                "{dtype} codes of {shape:?} take {len} bytes, got {}",
-                codes.host_bytes().len()
+                "{dtype} codes of {shape:?} take {len} bytes, got {have}"
+            )));
+        }
+        if scales.device() != codes.device()
+            || biases
+                .as_ref()
+                .is_some_and(|b| b.device() != codes.device())
+        {
+            return Err(Error::Device(format!(
+                "{dtype} codes and their scales/biases are on different devices"
             )));
         }
         let mut group_shape = shape.to_vec();
@@ -257,6 +334,30 @@ impl Array {
         })
     }
 
+    /// Rows `start..start + len` of the first axis, as a view sharing this array's storage.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Array> {
+        let Some((&first, rest)) = self.shape.split_first() else {
+            return Err(Error::Shape("cannot narrow a scalar".into()));
+        };
+        if self.quant.is_some() || start.checked_add(len).is_none_or(|end| end > first) {
+            return Err(Error::Shape(format!(
+                "rows {start}..{} of a {} {:?} array",
+                start.saturating_add(len),
+                self.dtype,
+                self.shape
+            )));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = len;
+        Ok(Array {
+            storage: Arc::clone(&self.storage),
+            offset: self.offset + start * byte_len(self.dtype, rest)?,
+            dtype: self.dtype,
+            shape,
+            quant: None,
+        })
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -266,7 +367,15 @@ impl Array {
     }
 
     pub fn device(&self) -> Device {
-        Device::Cpu
+        self.storage.device()
+    }
+
+    /// Bytes of data, including the group parameters of MLX-quantized arrays.
+    pub fn nbytes(&self) -> usize {
+        let params = self.quant.as_ref().map_or(0, |q| {
+            q.scales.nbytes() + q.biases.as_ref().map_or(0, Array::nbytes)
+        });
+        self.byte_range().len() + params
     }
 
     /// Number of logical elements.
@@ -317,18 +426,121 @@ impl Array {
         self.offset..self.offset + len
     }
 
-    /// Raw bytes of the array (host memory).
-    pub fn host_bytes(&self) -> &[u8] {
-        &self.storage.bytes()[self.byte_range()]
+    /// Raw bytes of the array; an error for an array in GPU memory (see [`Array::to_device`]).
+    pub fn host_bytes(&self) -> Result<&[u8]> {
+        match self.storage.bytes() {
+            Some(b) => Ok(&b[self.byte_range()]),
+            None => Err(Error::Device(format!(
+                "a {} {:?} array is on {}, not in host memory",
+                self.dtype,
+                self.shape,
+                self.device()
+            ))),
+        }
+    }
+
+    /// This array on `device`: itself when already there, else a copy (group parameters
+    /// of quantized arrays go along).
+    pub fn to_device(&self, device: Device) -> Result<Array> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cuda(n) => Storage::Cuda(cuda::device(n)?.upload(self.host_bytes()?)?),
+            Device::Cpu => {
+                let mut host = Storage::host_zeroed(self.byte_range().len());
+                let out = host.bytes_mut().expect("host storage is writable");
+                self.cuda_buffer()?
+                    .device()
+                    .download(self.device_ptr()?, out)?;
+                host
+            }
+        };
+        let quant = match &self.quant {
+            Some(q) => Some(Arc::new(GroupParams {
+                scales: q.scales.to_device(device)?,
+                biases: q.biases.as_ref().map(|b| b.to_device(device)).transpose()?,
+            })),
+            None => None,
+        };
+        Ok(Array {
+            storage: Arc::new(storage),
+            offset: 0,
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            quant,
+        })
+    }
+
+    /// An array of `dtype` and `shape` in fresh GPU memory whose contents a kernel will
+    /// write (uninitialized until then).
+    pub(crate) fn empty_cuda(
+        device: &Arc<cuda::CudaDevice>,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Array> {
+        let len = byte_len(dtype, shape)?;
+        Ok(Array {
+            storage: Arc::new(Storage::Cuda(device.alloc(len)?)),
+            offset: 0,
+            dtype,
+            shape: shape.to_vec(),
+            quant: None,
+        })
+    }
+
+    /// A zero-filled array on `device`.
+    pub fn zeros_on(dtype: DType, shape: &[usize], device: Device) -> Result<Array> {
+        match device {
+            Device::Cpu => Array::zeros(dtype, shape),
+            Device::Cuda(n) => {
+                let a = Array::empty_cuda(&cuda::device(n)?, dtype, shape)?;
+                a.cuda_buffer()?
+                    .device()
+                    .zero(a.device_ptr()?, a.byte_range().len())?;
+                Ok(a)
+            }
+        }
+    }
+
+    /// The GPU buffer behind an array in GPU memory.
+    pub(crate) fn cuda_buffer(&self) -> Result<&DeviceBuffer> {
+        match &*self.storage {
+            Storage::Cuda(b) => Ok(b),
+            _ => Err(Error::Device(format!(
+                "a {} {:?} array is in host memory, not on a GPU",
+                self.dtype, self.shape
+            ))),
+        }
+    }
+
+    /// The device address of this array's first byte.
+    pub(crate) fn device_ptr(&self) -> Result<u64> {
+        Ok(self.cuda_buffer()?.ptr() + self.offset as u64)
+    }
+
+    /// The device address for an in-place write; copies first (on the device) when the
+    /// storage is shared or larger than this array, as [`Array::host_bytes_mut`] does.
+    pub(crate) fn device_ptr_mut(&mut self) -> Result<u64> {
+        let len = self.byte_range().len();
+        let whole = self.offset == 0 && len == self.storage.len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
+            let device = Arc::clone(self.cuda_buffer()?.device());
+            let fresh = Array::empty_cuda(&device, self.dtype, &self.shape)?;
+            device.copy(fresh.device_ptr()?, self.device_ptr()?, len)?;
+            self.storage = fresh.storage;
+            self.offset = 0;
+        }
+        self.device_ptr()
     }
 
     /// Mutable raw bytes; copies the array's bytes first when its storage is shared, mapped
     /// or larger than the array (a view).
     pub fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
         let range = self.byte_range();
-        let whole = range.start == 0 && range.end == self.storage.bytes().len();
+        let whole = range.start == 0 && range.end == self.storage.len();
         if !whole || Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
-            let bytes = &self.storage.bytes()[range.clone()];
+            let bytes = self.host_bytes()?;
             let mut fresh = Storage::host_zeroed(bytes.len());
             fresh
                 .bytes_mut()
@@ -344,7 +556,7 @@ impl Array {
     /// The values as an f32 slice; the array must be f32.
     pub fn as_f32(&self) -> Result<&[f32]> {
         self.expect_dtype(DType::F32)?;
-        Ok(bytemuck::cast_slice(self.host_bytes()))
+        Ok(bytemuck::cast_slice(self.host_bytes()?))
     }
 
     /// Mutable f32 values (copy on write).
@@ -355,14 +567,14 @@ impl Array {
 
     pub fn as_i32(&self) -> Result<&[i32]> {
         self.expect_dtype(DType::I32)?;
-        Ok(bytemuck::cast_slice(self.host_bytes()))
+        Ok(bytemuck::cast_slice(self.host_bytes()?))
     }
 
     /// f16 values; mapped checkpoint data may be unaligned, so this can fail where
     /// [`Array::to_f32_vec`] works.
     pub fn as_f16(&self) -> Result<&[f16]> {
         self.expect_dtype(DType::F16)?;
-        bytemuck::try_cast_slice(self.host_bytes())
+        bytemuck::try_cast_slice(self.host_bytes()?)
             .map_err(|e| Error::Unsupported(format!("f16 view: {e}")))
     }
 
@@ -371,9 +583,13 @@ impl Array {
         Ok(bytemuck::cast_slice_mut(self.host_bytes_mut()?))
     }
 
-    /// All values converted to f32 (dense dtypes; quantized ones are dequantized).
+    /// All values converted to f32 (dense dtypes; quantized ones are dequantized), copied
+    /// to the host first when the array is on a GPU.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        let bytes = self.host_bytes();
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_f32_vec();
+        }
+        let bytes = self.host_bytes()?;
         Ok(match self.dtype {
             DType::F32 => bytes
                 .chunks_exact(4)
@@ -462,7 +678,7 @@ mod tests {
         let b = a.reshape(&[3, 2]).unwrap();
         assert_eq!(b.as_f32().unwrap(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert!(a.reshape(&[4, 2]).is_err());
-        assert_eq!(a.host_bytes().as_ptr() as usize % 64, 0);
+        assert_eq!(a.host_bytes().unwrap().as_ptr() as usize % 64, 0);
     }
 
     #[test]

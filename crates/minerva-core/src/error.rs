@@ -1,4 +1,5 @@
-//! The core error type: shape and dtype mismatches between op arguments.
+//! The core error type: shape and dtype mismatches between op arguments, and device
+//! failures.
 
 use crate::DType;
 
@@ -10,6 +11,10 @@ pub enum Error {
     DType { expected: DType, found: DType },
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// No usable GPU, a driver or compiler problem, out of device memory, or arrays on
+    /// different devices.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

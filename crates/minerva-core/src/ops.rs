@@ -1,18 +1,38 @@
 //! The ops API: everything model code may do to an [`Array`].
 //!
-//! Ops check their arguments and return new arrays; today they evaluate eagerly on the CPU
-//! backend. Keeping models on this API is what lets a lazy graph and other devices slot in
-//! underneath later.
+//! Ops check their arguments and return new arrays, evaluated eagerly by the backend of the
+//! device the arguments are on (all on one device; mixing is an error). Keeping models on
+//! this API is what lets a lazy graph slot in underneath later.
 
 use half::{bf16, f16};
 
 use crate::backends::cpu::{attention as cpu_attention, dense, elementwise, grouped, quant};
-use crate::{Array, DType, Error, Result};
+use crate::backends::cuda::ops as gpu;
+use crate::{Array, DType, Device, Error, Result};
 
 pub use crate::backends::cpu::elementwise::RopeStyle;
 
 fn shape_err<T>(msg: String) -> Result<T> {
     Err(Error::Shape(msg))
+}
+
+/// Whether `op`'s arguments are on a GPU (all of them) or in host memory (all of them).
+fn on_gpu(op: &str, arrays: &[&Array]) -> Result<bool> {
+    let first = arrays.first().map_or(Device::Cpu, |a| a.device());
+    if let Some(other) = arrays.iter().find(|a| a.device() != first) {
+        return Err(Error::Device(format!(
+            "{op}: arguments on {first} and {}",
+            other.device()
+        )));
+    }
+    Ok(first != Device::Cpu)
+}
+
+fn expect_f32(op: &str, a: &Array) -> Result<()> {
+    if a.dtype() != DType::F32 {
+        return Err(Error::Unsupported(format!("{op} of {} values", a.dtype())));
+    }
+    Ok(())
 }
 
 /// Widens 16-bit float bytes (possibly unaligned, as in a mapping) into a typed vector.
@@ -36,18 +56,29 @@ pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
             w.shape()
         ));
     }
-    let xs = x.as_f32()?;
-    let tokens = xs.len() / k;
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("x has a last axis") = n;
+    if let Some(b) = bias {
+        if b.shape() != [n] {
+            return shape_err(format!("linear: bias {:?} for {n} outputs", b.shape()));
+        }
+    }
+    let mut args = vec![x, w];
+    args.extend(bias);
+    if on_gpu("linear", &args)? {
+        expect_f32("linear", x)?;
+        return gpu::linear(x, w, bias, &out_shape);
+    }
+    let xs = x.as_f32()?;
+    let tokens = xs.len() / k;
     let mut out = Array::zeros(DType::F32, &out_shape)?;
     let o = out.as_f32_mut()?;
     match w.dtype() {
         DType::F32 => dense::matmul_f32(xs, w.as_f32()?, tokens, k, n, true, o),
-        DType::F16 => dense::matmul_half::<f16>(&halves(w.host_bytes()), n, k, xs, o),
-        DType::BF16 => dense::matmul_half::<bf16>(&halves(w.host_bytes()), n, k, xs, o),
+        DType::F16 => dense::matmul_half::<f16>(&halves(w.host_bytes()?), n, k, xs, o),
+        DType::BF16 => dense::matmul_half::<bf16>(&halves(w.host_bytes()?), n, k, xs, o),
         DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
-            quant::matmul(w.dtype(), w.host_bytes(), n, k, xs, o)
+            quant::matmul(w.dtype(), w.host_bytes()?, n, k, xs, o)
         }
         DType::Affine { .. } | DType::Mxfp4 => {
             grouped::matmul(&grouped::GroupedView::of(w)?, xs, o)
@@ -56,9 +87,6 @@ pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
     }
     if let Some(bias) = bias {
         let b = bias.as_f32()?;
-        if b.len() != n {
-            return shape_err(format!("linear: bias {:?} for {n} outputs", bias.shape()));
-        }
         for row in o.chunks_exact_mut(n) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
@@ -91,7 +119,15 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
             table.shape()
         ));
     };
+    if on_gpu("embedding", &[table])? {
+        if ids.device() == table.device() {
+            return gpu::embedding(table, ids);
+        }
+        check_ids(ids.as_i32()?, vocab)?;
+        return gpu::embedding(table, &ids.to_device(table.device())?);
+    }
     let ids = ids.as_i32()?;
+    check_ids(ids, vocab)?;
     let grouped = match table.dtype().has_group_params() {
         true => Some(grouped::GroupedView::of(table)?),
         false => None,
@@ -100,15 +136,11 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
         .dtype()
         .bytes_for(d)
         .expect("table shape was validated");
-    let bytes = table.host_bytes();
+    let bytes = table.host_bytes()?;
     let mut out = Array::zeros(DType::F32, &[ids.len(), d])?;
     let o = out.as_f32_mut()?;
     for (&id, dst) in ids.iter().zip(o.chunks_exact_mut(d)) {
-        let Some(id) = usize::try_from(id).ok().filter(|&i| i < vocab) else {
-            return shape_err(format!(
-                "token id {id} is outside the vocabulary of {vocab}"
-            ));
-        };
+        let id = id as usize;
         if let Some(g) = &grouped {
             g.dequantize_row(id, dst);
             continue;
@@ -131,11 +163,25 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
     Ok(out)
 }
 
-/// Elementwise `f(a, b)` where `b`'s shape equals `a`'s or is a suffix of it (broadcast).
+fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
+    match ids
+        .iter()
+        .find(|&&id| usize::try_from(id).is_ok_and(|i| i >= vocab) || id < 0)
+    {
+        Some(id) => shape_err(format!(
+            "token id {id} is outside the vocabulary of {vocab}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Elementwise `f(a, b)` where `b`'s shape equals `a`'s or is a suffix of it (broadcast);
+/// `gpu_op` names the same op for the CUDA kernel (0 add, 1 mul).
 fn broadcast_binary(
     a: &Array,
     b: &Array,
     name: &str,
+    gpu_op: i32,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<Array> {
     if !a.shape().ends_with(b.shape()) {
@@ -144,6 +190,11 @@ fn broadcast_binary(
             b.shape(),
             a.shape()
         ));
+    }
+    if on_gpu(name, &[a, b])? {
+        expect_f32(name, a)?;
+        expect_f32(name, b)?;
+        return gpu::binary(a, b, gpu_op);
     }
     let mut out = a.clone();
     let bs = b.as_f32()?;
@@ -157,15 +208,19 @@ fn broadcast_binary(
 }
 
 pub fn add(a: &Array, b: &Array) -> Result<Array> {
-    broadcast_binary(a, b, "add", |x, y| x + y)
+    broadcast_binary(a, b, "add", 0, |x, y| x + y)
 }
 
 pub fn mul(a: &Array, b: &Array) -> Result<Array> {
-    broadcast_binary(a, b, "mul", |x, y| x * y)
+    broadcast_binary(a, b, "mul", 1, |x, y| x * y)
 }
 
 /// `x * s`.
 pub fn scale(x: &Array, s: f32) -> Result<Array> {
+    if on_gpu("scale", &[x])? {
+        expect_f32("scale", x)?;
+        return gpu::scale(x, s);
+    }
     let mut out = x.clone();
     out.as_f32_mut()?.iter_mut().for_each(|v| *v *= s);
     Ok(out)
@@ -179,6 +234,11 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
             weight.shape(),
             x.shape()
         ));
+    }
+    if on_gpu("rms_norm", &[x, weight])? {
+        expect_f32("rms_norm", x)?;
+        expect_f32("rms_norm", weight)?;
+        return gpu::rms_norm(x, weight, eps);
     }
     let mut out = Array::zeros(DType::F32, x.shape())?;
     elementwise::rms_norm(x.as_f32()?, weight.as_f32()?, eps, out.as_f32_mut()?);
@@ -202,15 +262,19 @@ pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
             x.shape()
         ));
     };
-    let pos = positions.as_i32()?;
-    if pos.len() != tokens || 2 * rope.inv_freq.len() > head_dim {
+    if positions.shape() != [tokens] || 2 * rope.inv_freq.len() > head_dim {
         return shape_err(format!(
-            "rope: {} positions / {} frequencies for input {:?}",
-            pos.len(),
+            "rope: positions {:?} / {} frequencies for input {:?}",
+            positions.shape(),
             rope.inv_freq.len(),
             x.shape()
         ));
     }
+    if on_gpu("rope", &[x, positions])? {
+        expect_f32("rope", x)?;
+        return gpu::rope(x, positions, rope);
+    }
+    let pos = positions.as_i32()?;
     let mut out = x.clone();
     elementwise::rope(
         out.as_f32_mut()?,
@@ -226,6 +290,10 @@ pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
 
 /// Softmax over the last axis.
 pub fn softmax(x: &Array) -> Result<Array> {
+    if on_gpu("softmax", &[x])? {
+        expect_f32("softmax", x)?;
+        return gpu::softmax(x);
+    }
     let mut out = x.clone();
     let d = x.dim(-1);
     elementwise::softmax(out.as_f32_mut()?, d);
@@ -233,6 +301,10 @@ pub fn softmax(x: &Array) -> Result<Array> {
 }
 
 pub fn silu(x: &Array) -> Result<Array> {
+    if on_gpu("silu", &[x])? {
+        expect_f32("silu", x)?;
+        return gpu::activation(x, None, 0, 0.0, 0.0);
+    }
     let mut out = Array::zeros(DType::F32, x.shape())?;
     elementwise::silu(x.as_f32()?, out.as_f32_mut()?);
     Ok(out)
@@ -247,6 +319,11 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
             up.shape()
         ));
     }
+    if on_gpu("swiglu", &[gate, up])? {
+        expect_f32("swiglu", gate)?;
+        expect_f32("swiglu", up)?;
+        return gpu::activation(gate, Some(up), 1, 0.0, 0.0);
+    }
     let mut out = Array::zeros(DType::F32, gate.shape())?;
     elementwise::silu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?);
     Ok(out)
@@ -260,6 +337,11 @@ pub fn clamped_swiglu(gate: &Array, up: &Array, alpha: f32, limit: f32) -> Resul
             gate.shape(),
             up.shape()
         ));
+    }
+    if on_gpu("clamped_swiglu", &[gate, up])? {
+        expect_f32("clamped_swiglu", gate)?;
+        expect_f32("clamped_swiglu", up)?;
+        return gpu::activation(gate, Some(up), 2, alpha, limit);
     }
     let mut out = Array::zeros(DType::F32, gate.shape())?;
     elementwise::clamped_swiglu(
@@ -281,6 +363,10 @@ pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a last axis") = d / 2;
+    if on_gpu("deinterleave", &[x])? {
+        expect_f32("deinterleave", x)?;
+        return gpu::deinterleave(x, &shape);
+    }
     let xs = x.as_f32()?;
     let even: Vec<f32> = xs.iter().step_by(2).copied().collect();
     let odd: Vec<f32> = xs.iter().skip(1).step_by(2).copied().collect();
@@ -290,51 +376,121 @@ pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
     ))
 }
 
-/// Rows of `x` (`[n, ..]`) picked by `rows` (i32 indices): `[rows.len(), ..]`.
-pub fn take_rows(x: &Array, rows: &Array) -> Result<Array> {
-    let n = x.dim(0);
-    let row: usize = x.shape()[1..].iter().product();
-    let xs = x.as_f32()?;
-    let idx = rows.as_i32()?;
-    let mut data = Vec::with_capacity(idx.len() * row);
-    for &r in idx {
-        let Some(r) = usize::try_from(r).ok().filter(|&r| r < n) else {
-            return shape_err(format!("take_rows: row {r} of {:?}", x.shape()));
-        };
-        data.extend_from_slice(&xs[r * row..(r + 1) * row]);
+/// Mixture-of-experts routing: per token (row of `[tokens, experts]` scores), the `k`
+/// highest-scoring experts (highest first, ties to the lower index) and softmax weights over
+/// just those. Returns (`[tokens, k]` i32 expert ids, `[tokens, k]` f32 weights).
+pub fn top_k_softmax(scores: &Array, k: usize) -> Result<(Array, Array)> {
+    let [tokens, experts] = *scores.shape() else {
+        return shape_err(format!("top_k_softmax: scores {:?}", scores.shape()));
+    };
+    if k == 0 || k > experts {
+        return shape_err(format!("top_k_softmax: top {k} of {experts}"));
     }
-    let mut shape = x.shape().to_vec();
-    shape[0] = idx.len();
-    Array::from_f32(&data, &shape)
+    if on_gpu("top_k_softmax", &[scores])? {
+        expect_f32("top_k_softmax", scores)?;
+        return gpu::top_k_softmax(scores, k);
+    }
+    let mut ids = Vec::with_capacity(tokens * k);
+    let mut weights = Vec::with_capacity(tokens * k);
+    for row in scores.as_f32()?.chunks_exact(experts) {
+        for (e, w) in elementwise::top_k_softmax(row, k) {
+            ids.push(e as i32);
+            weights.push(w);
+        }
+    }
+    Ok((
+        Array::from_i32(&ids, &[tokens, k])?,
+        Array::from_f32(&weights, &[tokens, k])?,
+    ))
 }
 
-/// `acc[rows[i]] += weights[i] * src[i]` for each row `i` of `src` (mixture-of-experts
-/// combine). `acc` is `[n, d]`, `src` `[m, d]`, `rows` and `weights` `[m]`.
-pub fn scatter_add_rows(acc: &mut Array, rows: &Array, src: &Array, weights: &Array) -> Result<()> {
-    let (n, d) = (acc.dim(0), acc.dim(-1));
-    let idx = rows.as_i32()?;
-    let w = weights.as_f32()?;
-    if src.shape() != [idx.len(), d] || w.len() != idx.len() {
+/// Gathered products (mixture-of-experts experts): for each token `t` and slot `s`,
+/// `x_t @ w[e]ᵀ + bias[e]` with `e = ids[t, s]`. `w` is a stack `[experts, n, k]` in any
+/// weight dtype, `bias` `[experts, n]`, `ids` `[tokens, slots]` i32, and `x` is `[tokens,
+/// k]` (every slot reads its token's row) or `[tokens, slots, k]`. Returns `[tokens, slots,
+/// n]` f32. Only the chosen experts' weights are read.
+pub fn gather_linear(x: &Array, w: &Array, bias: Option<&Array>, ids: &Array) -> Result<Array> {
+    let (&[experts, n, k], &[tokens, slots]) = (w.shape(), ids.shape()) else {
         return shape_err(format!(
-            "scatter_add_rows: acc {:?}, rows {:?}, src {:?}, weights {:?}",
-            acc.shape(),
-            rows.shape(),
-            src.shape(),
-            weights.shape()
+            "gather_linear: weights {:?}, ids {:?}",
+            w.shape(),
+            ids.shape()
+        ));
+    };
+    let x_ok = x.shape() == [tokens, k] || x.shape() == [tokens, slots, k];
+    if !x_ok || bias.is_some_and(|b| b.shape() != [experts, n]) || ids.dtype() != DType::I32 {
+        return shape_err(format!(
+            "gather_linear: x {:?}, weights {:?}, bias {:?}, ids {} {:?}",
+            x.shape(),
+            w.shape(),
+            bias.map(Array::shape),
+            ids.dtype(),
+            ids.shape()
         ));
     }
-    let s = src.as_f32()?;
-    let a = acc.as_f32_mut()?;
-    for ((&r, &wi), src_row) in idx.iter().zip(w).zip(s.chunks_exact(d)) {
-        let Some(r) = usize::try_from(r).ok().filter(|&r| r < n) else {
-            return shape_err(format!("scatter_add_rows: row {r} of {n}"));
-        };
-        a[r * d..(r + 1) * d]
-            .iter_mut()
-            .zip(src_row)
-            .for_each(|(o, &v)| *o += wi * v);
+    let mut args = vec![x, w, ids];
+    args.extend(bias);
+    if on_gpu("gather_linear", &args)? {
+        expect_f32("gather_linear", x)?;
+        return gpu::gather_linear(x, w, bias, ids);
     }
-    Ok(())
+    let per_slot = x.shape().len() == 3;
+    let chosen = ids.as_i32()?;
+    if let Some(&e) = chosen.iter().find(|&&e| e < 0 || e as usize >= experts) {
+        return shape_err(format!("gather_linear: expert {e} of {experts}"));
+    }
+    // Each expert runs once over all the (token, slot) pairs routed to it.
+    let xs = x.as_f32()?;
+    let mut out = vec![0.0f32; tokens * slots * n];
+    for e in 0..experts {
+        let pairs: Vec<usize> = (0..tokens * slots)
+            .filter(|&p| chosen[p] as usize == e)
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let mut rows = Vec::with_capacity(pairs.len() * k);
+        for &p in &pairs {
+            let r = if per_slot { p } else { p / slots };
+            rows.extend_from_slice(&xs[r * k..(r + 1) * k]);
+        }
+        let rows = Array::from_f32(&rows, &[pairs.len(), k])?;
+        let bias_e = bias.map(|b| b.index(e)).transpose()?;
+        let y = linear(&rows, &w.index(e)?, bias_e.as_ref())?;
+        for (&p, yr) in pairs.iter().zip(y.as_f32()?.chunks_exact(n)) {
+            out[p * n..(p + 1) * n].copy_from_slice(yr);
+        }
+    }
+    Array::from_f32(&out, &[tokens, slots, n])
+}
+
+/// `Σ_s weights[t, s] * y[t, s]`: `y` is `[tokens, slots, d]`, `weights` `[tokens, slots]`;
+/// returns `[tokens, d]` (the experts' outputs mixed).
+pub fn weighted_sum(y: &Array, weights: &Array) -> Result<Array> {
+    let (&[tokens, slots, d], w_shape) = (y.shape(), weights.shape()) else {
+        return shape_err(format!("weighted_sum: y {:?}", y.shape()));
+    };
+    if w_shape != [tokens, slots] {
+        return shape_err(format!(
+            "weighted_sum: y {:?}, weights {w_shape:?}",
+            y.shape()
+        ));
+    }
+    if on_gpu("weighted_sum", &[y, weights])? {
+        expect_f32("weighted_sum", y)?;
+        expect_f32("weighted_sum", weights)?;
+        return gpu::weighted_sum(y, weights);
+    }
+    let (ys, ws) = (y.as_f32()?, weights.as_f32()?);
+    let mut out = vec![0.0f32; tokens * d];
+    for (t, o) in out.chunks_exact_mut(d).enumerate() {
+        for s in 0..slots {
+            let w = ws[t * slots + s];
+            let row = &ys[(t * slots + s) * d..(t * slots + s + 1) * d];
+            o.iter_mut().zip(row).for_each(|(o, &v)| *o += w * v);
+        }
+    }
+    Array::from_f32(&out, &[tokens, d])
 }
 
 /// `w` (dense f32, f16 or bf16, `[.., k]`) quantized along its last axis to `dtype` (MLX
@@ -346,7 +502,7 @@ pub fn quantize(w: &Array, dtype: DType) -> Result<Array> {
     let Some(&k) = w.shape().last() else {
         return shape_err("quantize: a scalar has no rows".into());
     };
-    let q = cpu_quantize(w.host_bytes(), source, k, dtype)?;
+    let q = cpu_quantize(w.host_bytes()?, source, k, dtype)?;
     let mut group_shape = w.shape().to_vec();
     *group_shape.last_mut().expect("w has a last axis") = k / dtype.block_len();
     let params = |bytes: Vec<u8>, dtype: DType| -> Result<Array> {
@@ -372,6 +528,11 @@ pub fn transpose_last2(x: &Array) -> Result<Array> {
         return shape_err(format!("transpose_last2: {} {:?}", x.dtype(), x.shape()));
     }
     let (a, b) = (x.dim(-2), x.dim(-1));
+    let mut shape = x.shape().to_vec();
+    shape.swap(rank - 2, rank - 1);
+    if on_gpu("transpose_last2", &[x])? {
+        return gpu::transpose_last2(x, &shape);
+    }
     let xs = x.to_f32_vec()?;
     let mut out = vec![0.0f32; xs.len()];
     for (src, dst) in xs.chunks_exact(a * b).zip(out.chunks_exact_mut(a * b)) {
@@ -381,30 +542,17 @@ pub fn transpose_last2(x: &Array) -> Result<Array> {
             }
         }
     }
-    let mut shape = x.shape().to_vec();
-    shape.swap(rank - 2, rank - 1);
     Array::from_f32(&out, &shape)
 }
 
-/// Rows `start..start + len` of the first axis.
+/// Rows `start..start + len` of the first axis (a view; nothing is copied).
 pub fn slice_rows(x: &Array, start: usize, len: usize) -> Result<Array> {
-    let rows = x.dim(0);
-    if start + len > rows {
-        return shape_err(format!(
-            "slice_rows {start}..{} of {:?}",
-            start + len,
-            x.shape()
-        ));
-    }
-    let row: usize = x.shape()[1..].iter().product();
-    let mut shape = x.shape().to_vec();
-    shape[0] = len;
-    Array::from_f32(&x.as_f32()?[start * row..(start + len) * row], &shape)
+    x.narrow(start, len)
 }
 
 /// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `cache` (`[kv_heads, capacity,
-/// head_dim]`, f16 or f32) at positions `start..start + tokens`.
-pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
+/// head_dim]`, f16 or f32) at `positions` (`[tokens]` i32).
+pub fn write_kv(cache: &mut Array, positions: &Array, new: &Array) -> Result<()> {
     let (&[kv_heads, capacity, head_dim], &[tokens, h2, d2]) = (cache.shape(), new.shape()) else {
         return shape_err(format!(
             "write_kv: cache {:?}, new {:?}",
@@ -412,19 +560,31 @@ pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
             new.shape()
         ));
     };
-    if h2 != kv_heads || d2 != head_dim || start + tokens > capacity {
+    if h2 != kv_heads || d2 != head_dim || positions.shape() != [tokens] {
         return shape_err(format!(
-            "write_kv: {:?} at {start} into cache {:?}",
+            "write_kv: {:?} at positions {:?} into cache {:?}",
             new.shape(),
+            positions.shape(),
             cache.shape()
         ));
+    }
+    if !matches!(cache.dtype(), DType::F16 | DType::F32) {
+        return Err(Error::Unsupported(format!("a {} KV cache", cache.dtype())));
+    }
+    if on_gpu("write_kv", &[cache, positions, new])? {
+        expect_f32("write_kv", new)?;
+        return gpu::write_kv(cache, positions, new);
+    }
+    let pos = positions.as_i32()?;
+    if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= capacity) {
+        return shape_err(format!("write_kv: position {p} in a cache of {capacity}"));
     }
     let src = new.as_f32()?;
     let dtype = cache.dtype();
     let rows = (0..tokens).flat_map(|t| (0..kv_heads).map(move |h| (t, h)));
     let span = |t: usize, h: usize| {
         let from = &src[(t * kv_heads + h) * head_dim..][..head_dim];
-        (from, (h * capacity + start + t) * head_dim)
+        (from, (h * capacity + pos[t] as usize) * head_dim)
     };
     if dtype == DType::F16 {
         let dst = cache.as_f16_mut()?;
@@ -441,6 +601,39 @@ pub fn write_kv(cache: &mut Array, start: usize, new: &Array) -> Result<()> {
             let (from, at) = span(t, h);
             dst[at..at + head_dim].copy_from_slice(from);
         }
+    }
+    Ok(())
+}
+
+/// Copies positions `0..len` of every head from cache `src` into cache `dst` (both
+/// `[kv_heads, capacity, head_dim]`, same dtype and heads; capacities may differ), for a
+/// cache that grows.
+pub fn copy_kv_prefix(src: &Array, dst: &mut Array, len: usize) -> Result<()> {
+    let (&[heads, src_cap, hd], &[h2, dst_cap, d2]) = (src.shape(), dst.shape()) else {
+        return shape_err(format!(
+            "copy_kv_prefix: {:?} into {:?}",
+            src.shape(),
+            dst.shape()
+        ));
+    };
+    if heads != h2 || hd != d2 || len > src_cap.min(dst_cap) || src.dtype() != dst.dtype() {
+        return shape_err(format!(
+            "copy_kv_prefix: {len} positions of {} {:?} into {} {:?}",
+            src.dtype(),
+            src.shape(),
+            dst.dtype(),
+            dst.shape()
+        ));
+    }
+    let elem = src.dtype().block_bytes();
+    let (row, src_head, dst_head) = (len * hd * elem, src_cap * hd * elem, dst_cap * hd * elem);
+    if on_gpu("copy_kv_prefix", &[src, dst])? {
+        return gpu::copy_strided(src, dst, heads, row, src_head, dst_head);
+    }
+    let from = src.host_bytes()?;
+    let to = dst.host_bytes_mut()?;
+    for h in 0..heads {
+        to[h * dst_head..][..row].copy_from_slice(&from[h * src_head..][..row]);
     }
     Ok(())
 }
@@ -476,32 +669,40 @@ pub fn attention(
     let (&[tokens, heads, head_dim], &[kv_heads, capacity, kd]) = (q.shape(), k.shape()) else {
         return shape_err(format!("attention: q {:?}, k {:?}", q.shape(), k.shape()));
     };
-    let pos = positions.as_i32()?;
     let bad = kd != head_dim
         || v.shape() != k.shape()
+        || v.dtype() != k.dtype()
         || kv_heads == 0
         || heads % kv_heads != 0
         || kv_len > capacity
-        || pos.len() != tokens
-        || pos.iter().any(|&p| p < 0 || p as usize >= kv_len);
+        || positions.shape() != [tokens];
     if bad {
         return shape_err(format!(
             "attention: q {:?}, kv {:?} (valid {kv_len}), positions {:?}",
             q.shape(),
             k.shape(),
-            pos
+            positions.shape()
         ));
     }
-    let sinks = match opts.sinks {
-        Some(s) if s.shape() != [heads] => {
-            return shape_err(format!(
-                "attention: sinks {:?} for {heads} heads",
-                s.shape()
-            ))
-        }
-        Some(s) => Some(s.as_f32()?),
-        None => None,
-    };
+    if let Some(s) = opts.sinks.filter(|s| s.shape() != [heads]) {
+        return shape_err(format!(
+            "attention: sinks {:?} for {heads} heads",
+            s.shape()
+        ));
+    }
+    let mut args = vec![q, k, v, positions];
+    args.extend(opts.sinks);
+    if on_gpu("attention", &args)? {
+        expect_f32("attention", q)?;
+        // Positions on the device were made by the model's own forward pass; the kernels
+        // clamp them into the cache instead of reading them back here.
+        return gpu::attention(q, k, v, kv_len, positions, opts);
+    }
+    let pos = positions.as_i32()?;
+    if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= kv_len) {
+        return shape_err(format!("attention: position {p} with {kv_len} cached"));
+    }
+    let sinks = opts.sinks.map(Array::as_f32).transpose()?;
     let args = cpu_attention::AttentionArgs {
         k: kv_slice(k)?,
         v: kv_slice(v)?,
@@ -568,8 +769,19 @@ mod tests {
         // One head, one KV head, head_dim 2, three cached positions, query at position 2.
         let mut k = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
         let mut v = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
-        write_kv(&mut k, 0, &arr(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 1, 2])).unwrap();
-        write_kv(&mut v, 0, &arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 1, 2])).unwrap();
+        let at = Array::from_i32(&[0, 1, 2], &[3]).unwrap();
+        write_kv(
+            &mut k,
+            &at,
+            &arr(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 1, 2]),
+        )
+        .unwrap();
+        write_kv(
+            &mut v,
+            &at,
+            &arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 1, 2]),
+        )
+        .unwrap();
         let q = arr(&[1.0, 2.0], &[1, 1, 2]);
         let pos = Array::from_i32(&[2], &[1]).unwrap();
         let opts = AttentionOptions {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use minerva_core::Device;
 use minerva_models::chat_template::ChatTemplate;
 use minerva_models::harmony::Harmony;
 use minerva_models::loader::{self, LoadedModel, ModelFiles};
@@ -23,8 +24,21 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF file, a safetensors file or a model directory (by mmap).
     pub fn load(path: &Path) -> Result<Engine> {
+        Engine::load_on(path, Device::Cpu, &mut |_, _| {})
+    }
+
+    /// Loads a model and moves its weights to `device`, reporting `progress(bytes_done,
+    /// bytes_total)` while they upload.
+    pub fn load_on(
+        path: &Path,
+        device: Device,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Engine> {
         let start = Instant::now();
-        let loaded = loader::load(path)?;
+        let mut loaded = loader::load(path)?;
+        if device != Device::Cpu {
+            loaded.model.to_device(device, progress)?;
+        }
         Ok(Engine {
             loaded,
             load_time: start.elapsed(),

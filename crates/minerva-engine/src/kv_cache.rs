@@ -3,7 +3,7 @@
 //! It grows by doubling up to the model's context length, so short chats stay small.
 
 use minerva_core::ops::{self, AttentionOptions};
-use minerva_core::{Array, DType, Error, Result};
+use minerva_core::{Array, DType, Device, Error, Result};
 use minerva_models::{KvCache, ModelInfo};
 
 pub struct ContiguousKvCache {
@@ -14,6 +14,7 @@ pub struct ContiguousKvCache {
     kv_heads: usize,
     head_dim: usize,
     dtype: DType,
+    device: Device,
 }
 
 const INITIAL_CAPACITY: usize = 256;
@@ -25,7 +26,7 @@ impl ContiguousKvCache {
         Self::with_dtype(info, max_len, DType::F16)
     }
 
-    /// A cache storing keys and values as `dtype` (f16 or f32).
+    /// A cache storing keys and values as `dtype` (f16 or f32), on the model's device.
     pub fn with_dtype(info: &ModelInfo, max_len: Option<usize>, dtype: DType) -> Result<Self> {
         if !matches!(dtype, DType::F16 | DType::F32) {
             return Err(Error::Unsupported(format!("{dtype} KV cache")));
@@ -42,6 +43,7 @@ impl ContiguousKvCache {
             kv_heads: info.kv_heads,
             head_dim: info.head_dim,
             dtype,
+            device: info.device,
         };
         cache.layers = (0..info.layers)
             .map(|_| Ok((cache.empty(0)?, cache.empty(0)?)))
@@ -70,7 +72,11 @@ impl ContiguousKvCache {
     }
 
     fn empty(&self, capacity: usize) -> Result<Array> {
-        Array::zeros(self.dtype, &[self.kv_heads, capacity, self.head_dim])
+        Array::zeros_on(
+            self.dtype,
+            &[self.kv_heads, capacity, self.head_dim],
+            self.device,
+        )
     }
 
     fn grow_to(&mut self, needed: usize) -> Result<()> {
@@ -78,19 +84,11 @@ impl ContiguousKvCache {
             return Ok(());
         }
         let capacity = needed.next_power_of_two().min(self.max_len);
-        let (old_cap, hd, len) = (self.capacity, self.head_dim, self.len);
         for i in 0..self.layers.len() {
             let mut fresh = (self.empty(capacity)?, self.empty(capacity)?);
             let (old_k, old_v) = &self.layers[i];
-            let elem = self.dtype.block_bytes();
-            for (old, new) in [(old_k, &mut fresh.0), (old_v, &mut fresh.1)] {
-                let (src, dst) = (old.host_bytes(), new.host_bytes_mut()?);
-                let row = len * hd * elem;
-                for h in 0..self.kv_heads {
-                    dst[h * capacity * hd * elem..][..row]
-                        .copy_from_slice(&src[h * old_cap * hd * elem..][..row]);
-                }
-            }
+            ops::copy_kv_prefix(old_k, &mut fresh.0, self.len)?;
+            ops::copy_kv_prefix(old_v, &mut fresh.1, self.len)?;
             self.layers[i] = fresh;
         }
         self.capacity = capacity;
@@ -122,8 +120,8 @@ impl KvCache for ContiguousKvCache {
         }
         self.grow_to(end)?;
         let (kc, vc) = &mut self.layers[layer];
-        ops::write_kv(kc, self.len, k)?;
-        ops::write_kv(vc, self.len, v)?;
+        ops::write_kv(kc, positions, k)?;
+        ops::write_kv(vc, positions, v)?;
         ops::attention(q, kc, vc, end, positions, opts)
     }
 

@@ -30,5 +30,6 @@ pub use generate::{
     TokenLogprobs,
 };
 pub use kv_cache::ContiguousKvCache;
+pub use minerva_core::Device;
 pub use reply::Reply;
 pub use sampler::{Sampler, SamplerConfig};

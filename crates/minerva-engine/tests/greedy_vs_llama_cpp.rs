@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 
 use minerva_engine::sampler::argmax;
-use minerva_engine::ContiguousKvCache;
+use minerva_engine::{ContiguousKvCache, Device};
 use minerva_models::{load_model, CausalLm, Logits};
 use serde_json::Value;
 
@@ -89,7 +89,7 @@ fn free_running(model: &dyn CausalLm, case: &Value) -> usize {
         .unwrap();
     let mut agreed = 0;
     for want in u32s(&case["output_ids"]) {
-        let got = argmax(logits.as_f32().unwrap());
+        let got = argmax(&logits.to_f32_vec().unwrap());
         if got != want {
             break;
         }
@@ -101,9 +101,29 @@ fn free_running(model: &dyn CausalLm, case: &Value) -> usize {
 
 #[test]
 fn greedy_decoding_agrees_with_llama_cpp() {
+    agrees_with_llama_cpp(Device::Cpu);
+}
+
+/// The same bar on the GPU (its matmuls keep activations in f32 where the CPU's quantize
+/// them to 8 bits as llama.cpp does, so it is held to llama.cpp, not to our CPU output).
+#[test]
+fn greedy_decoding_on_cuda_agrees_with_llama_cpp() {
+    if let Err(e) = minerva_core::backends::cuda::device(0) {
+        eprintln!("SKIPPED greedy_decoding_on_cuda_agrees_with_llama_cpp: no usable GPU ({e})");
+        return;
+    }
+    if !minerva_models::model_cache::default_model_path().is_file() {
+        eprintln!("SKIPPED greedy_decoding_on_cuda_agrees_with_llama_cpp: no default model here");
+        return;
+    }
+    agrees_with_llama_cpp(Device::Cuda(0));
+}
+
+fn agrees_with_llama_cpp(device: Device) {
     let reference = fixture("greedy.json");
     let control = fixture("greedy_control.json");
-    let model = load_model(&default_model()).unwrap_or_else(|e| panic!("{e}"));
+    let mut model = load_model(&default_model()).unwrap_or_else(|e| panic!("{e}"));
+    model.to_device(device, &mut |_, _| {}).unwrap();
     let cases = reference["cases"].as_array().unwrap();
     let controls = control["cases"].as_array().unwrap();
 

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use minerva_core::DType;
+use minerva_core::{DType, Device};
 use minerva_engine::ContiguousKvCache;
 use minerva_models::{load_model, Logits};
 use serde_json::Value;
@@ -54,41 +54,63 @@ fn relative_error(ours: &[f32], theirs: &[f32]) -> f32 {
 }
 
 fn check(name: &str, kv_dtype: DType, tolerance: f32) {
+    check_on(Device::Cpu, name, kv_dtype, tolerance);
+}
+
+fn check_on(device: Device, name: &str, kv_dtype: DType, tolerance: f32) {
     let dir = fixture(name);
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-    check_against(&dir, name, &reference, kv_dtype, tolerance);
+    check_against(device, &dir, name, &reference, kv_dtype, tolerance);
 }
 
 /// The model at `dir` against `reference` (`input_ids`, `decode_ids`, `logits`,
 /// `decode_logits`); returns the (prefill, decode) errors.
 fn check_against(
+    device: Device,
     dir: &Path,
     name: &str,
     reference: &Value,
     kv_dtype: DType,
     tolerance: f32,
 ) -> (f32, f32) {
-    let model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
+    model.to_device(device, &mut |_, _| {}).unwrap();
     let mut cache = ContiguousKvCache::with_dtype(model.info(), None, kv_dtype).unwrap();
 
     let prompt = ids(&reference["input_ids"]);
     let logits = model.forward(&prompt, &mut cache, Logits::All).unwrap();
     assert_eq!(logits.shape(), &[prompt.len(), model.info().vocab]);
-    let prefill_err = relative_error(logits.as_f32().unwrap(), &rows(&reference["logits"]));
+    let prefill_err = relative_error(&logits.to_f32_vec().unwrap(), &rows(&reference["logits"]));
 
     let mut decoded = Vec::new();
     for id in ids(&reference["decode_ids"]) {
         let step = model.forward(&[id], &mut cache, Logits::Last).unwrap();
-        decoded.extend_from_slice(step.as_f32().unwrap());
+        decoded.extend_from_slice(&step.to_f32_vec().unwrap());
     }
     let decode_err = relative_error(&decoded, &rows(&reference["decode_logits"]));
     eprintln!(
-        "{name} ({kv_dtype} KV): prefill max rel err {prefill_err:.2e}, decode {decode_err:.2e}"
+        "{name} on {device} ({kv_dtype} KV): prefill max rel err {prefill_err:.2e}, decode {decode_err:.2e}"
     );
     assert!(prefill_err <= tolerance, "{name} prefill: {prefill_err:e}");
     assert!(decode_err <= tolerance, "{name} decode: {decode_err:e}");
     (prefill_err, decode_err)
+}
+
+/// The same references on the GPU, with the same bounds (f32 activations there too).
+#[test]
+fn tiny_models_on_cuda_match_transformers() {
+    if let Err(e) = minerva_core::backends::cuda::device(0) {
+        eprintln!("SKIPPED tiny_models_on_cuda_match_transformers: no usable GPU ({e})");
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        check_on(gpu, name, DType::F32, 1e-4);
+        check_on(gpu, name, DType::F16, 1e-3);
+    }
+    check_on(gpu, "tiny-gpt-oss", DType::F32, 1e-4);
+    check_on(gpu, "tiny-gpt-oss", DType::F16, 1e-2);
 }
 
 #[test]
@@ -206,6 +228,7 @@ fn converted_tiny_gpt_oss_matches_references() {
     });
     convert(&options).unwrap_or_else(|e| panic!("{e}"));
     check_against(
+        Device::Cpu,
         &lossless,
         "converted, experts mxfp4",
         &transformers,
@@ -225,6 +248,7 @@ fn converted_tiny_gpt_oss_matches_references() {
     hf_yarn["input_ids"] = mlx["input_ids"].clone();
     hf_yarn["decode_ids"] = mlx["decode_ids"].clone();
     check_against(
+        Device::Cpu,
         &q8,
         "converted MXFP4-Q8 vs mlx-lm",
         &hf_yarn,
@@ -232,6 +256,7 @@ fn converted_tiny_gpt_oss_matches_references() {
         1e-3,
     );
     let (prefill, decode) = check_against(
+        Device::Cpu,
         &q8,
         "converted MXFP4-Q8 vs transformers",
         &transformers,

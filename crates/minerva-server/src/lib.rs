@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use minerva_engine::{Engine, EngineError};
+use minerva_engine::{Device, Engine, EngineError};
 use tokio::net::TcpListener;
 
 pub use app::{router, App, Ready};
@@ -26,6 +26,8 @@ pub use scheduler::Limits;
 
 pub struct ServeConfig {
     pub model: PathBuf,
+    /// Where the model runs.
+    pub device: Device,
     /// The name clients use for the model (`model` field, `/v1/models`).
     pub model_id: String,
     pub host: String,
@@ -82,10 +84,10 @@ impl Server {
         let serving =
             axum::serve(self.listener, router(app.clone())).with_graceful_shutdown(shutdown);
         let server = tokio::spawn(async move { serving.await });
-        let (path, delay) = (config.model.clone(), config.load_delay);
+        let (path, delay, device) = (config.model.clone(), config.load_delay, config.device);
         let loaded = tokio::task::spawn_blocking(move || {
             std::thread::sleep(delay);
-            Engine::load(&path)
+            Engine::load_on(&path, device, &mut |_, _| {})
         })
         .await;
         let engine = match loaded {

@@ -1,3 +1,4 @@
 //! Kernels, one folder per device. Only ops code calls into here.
 
 pub mod cpu;
+pub mod cuda;

@@ -15,7 +15,7 @@
 //! conversions (`experts.{gate,up,down}_proj` with quantized codes, scales and biases).
 
 use minerva_core::ops;
-use minerva_core::Array;
+use minerva_core::{Array, Device};
 
 use super::{CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
 use crate::blocks::moe::{GateUp, Moe};
@@ -132,10 +132,11 @@ impl GptOss {
                 kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
                 context_length: c.context_length,
+                device: Device::Cpu,
             },
             decoder: Decoder {
                 embed: checkpoint.weight("model.embed_tokens.weight", &[c.vocab, d])?,
-                lm_head: checkpoint.weight("lm_head.weight", &[c.vocab, d])?,
+                lm_head: Some(checkpoint.weight("lm_head.weight", &[c.vocab, d])?),
                 norm: checkpoint.f32_tensor("model.norm.weight", &[d])?,
                 rope: c.rope.build(None),
                 rms_eps: c.rms_eps,
@@ -157,5 +158,15 @@ impl CausalLm for GptOss {
 
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
         self.decoder.forward(tokens, cache, logits)
+    }
+
+    fn device(&self) -> Device {
+        self.decoder.device()
+    }
+
+    fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.decoder.to_device(device, progress)?;
+        self.info.device = device;
+        Ok(())
     }
 }

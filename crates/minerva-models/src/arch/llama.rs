@@ -7,7 +7,7 @@
 //! logits = LMHead(RMSNorm(y_last))
 //! ```
 
-use minerva_core::Array;
+use minerva_core::{Array, Device};
 
 use super::{CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
 use crate::blocks::{Attention, GatedMlp};
@@ -76,10 +76,9 @@ impl Llama {
         let c = &config;
         let (d, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let embed = checkpoint.matrix(naming.global("embed"), [c.vocab, d])?;
-        let lm_head = if checkpoint.contains(naming.global("lm_head")) {
-            checkpoint.matrix(naming.global("lm_head"), [c.vocab, d])?
-        } else {
-            embed.clone()
+        let lm_head = match checkpoint.contains(naming.global("lm_head")) {
+            true => Some(checkpoint.matrix(naming.global("lm_head"), [c.vocab, d])?),
+            false => None,
         };
         let blocks = (0..c.layers)
             .map(|l| {
@@ -134,6 +133,7 @@ impl Llama {
                 kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
                 context_length: c.context_length,
+                device: Device::Cpu,
             },
             decoder: Decoder {
                 norm: checkpoint.f32_tensor(naming.global("norm"), &[d])?,
@@ -159,5 +159,15 @@ impl CausalLm for Llama {
 
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
         self.decoder.forward(tokens, cache, logits)
+    }
+
+    fn device(&self) -> Device {
+        self.decoder.device()
+    }
+
+    fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.decoder.to_device(device, progress)?;
+        self.info.device = device;
+        Ok(())
     }
 }

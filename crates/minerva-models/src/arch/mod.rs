@@ -4,7 +4,7 @@ pub mod gpt_oss;
 pub mod llama;
 
 use minerva_core::ops::{self, Rope};
-use minerva_core::Array;
+use minerva_core::{Array, Device};
 
 use crate::blocks::moe::Moe;
 use crate::blocks::{Attention, GatedMlp};
@@ -21,6 +21,8 @@ pub struct ModelInfo {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub context_length: usize,
+    /// Where the weights are (caches go there too).
+    pub device: Device,
 }
 
 /// Which positions a forward pass returns logits for.
@@ -37,24 +39,42 @@ pub trait CausalLm: Send + Sync {
     fn info(&self) -> &ModelInfo;
 
     /// Runs `tokens` (positions `cache.len()..`) through the model, appending to `cache`;
-    /// returns `[n, vocab]` f32 logits, `n` = 1 or `tokens.len()` per `logits`.
+    /// returns `[n, vocab]` f32 logits, `n` = 1 or `tokens.len()` per `logits`, on the
+    /// model's device.
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array>;
+
+    /// Where the weights are.
+    fn device(&self) -> Device;
+
+    /// Moves every weight to `device`, calling `progress(bytes_done, bytes_total)` as it goes.
+    fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()>;
 }
 
 /// A feed-forward sublayer: a dense MLP or a mixture of experts.
 pub trait FeedForward: Send + Sync {
     fn forward(&self, x: &Array) -> Result<Array>;
+
+    /// Every weight array (to move them between devices).
+    fn weights_mut(&mut self) -> Vec<&mut Array>;
 }
 
 impl FeedForward for GatedMlp {
     fn forward(&self, x: &Array) -> Result<Array> {
         Ok(GatedMlp::forward(self, x)?)
     }
+
+    fn weights_mut(&mut self) -> Vec<&mut Array> {
+        vec![&mut self.gate, &mut self.up, &mut self.down]
+    }
 }
 
 impl FeedForward for Moe {
     fn forward(&self, x: &Array) -> Result<Array> {
         Ok(Moe::forward(self, x)?)
+    }
+
+    fn weights_mut(&mut self) -> Vec<&mut Array> {
+        Moe::weights_mut(self)
     }
 }
 
@@ -71,8 +91,8 @@ pub struct Decoder<F> {
     pub embed: Array,
     pub blocks: Vec<DecoderBlock<F>>,
     pub norm: Array,
-    /// The output projection (the embedding table itself when the weights are tied).
-    pub lm_head: Array,
+    /// The output projection; `None` when it is the embedding table (tied weights).
+    pub lm_head: Option<Array>,
     pub rope: Rope,
     pub rms_eps: f32,
 }
@@ -94,7 +114,8 @@ impl<F: FeedForward> Decoder<F> {
         let start = cache.len();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let positions: Vec<i32> = (start..start + n).map(|p| p as i32).collect();
-        let positions = Array::from_i32(&positions, &[n])?;
+        // Positions go to the weights' device once per pass; every layer reads them there.
+        let positions = Array::from_i32(&positions, &[n])?.to_device(self.embed.device())?;
         let eps = self.rms_eps;
         let mut x = ops::embedding(&self.embed, &Array::from_i32(&ids, &[n])?)?;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -111,6 +132,31 @@ impl<F: FeedForward> Decoder<F> {
             x = ops::slice_rows(&x, n - 1, 1)?;
         }
         let x = ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(ops::linear(&x, &self.lm_head, None)?)
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(ops::linear(&x, lm_head, None)?)
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed.device()
+    }
+
+    /// See [`CausalLm::to_device`]: the blocks in order, then the head.
+    pub fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let mut arrays: Vec<&mut Array> = vec![&mut self.embed, &mut self.norm];
+        arrays.extend(self.lm_head.as_mut());
+        for block in &mut self.blocks {
+            arrays.push(&mut block.attn_norm);
+            arrays.push(&mut block.mlp_norm);
+            arrays.extend(block.attn.weights_mut());
+            arrays.extend(block.ffn.weights_mut());
+        }
+        let total: u64 = arrays.iter().map(|a| a.nbytes() as u64).sum();
+        let mut done = 0;
+        for a in arrays {
+            *a = a.to_device(device)?;
+            done += a.nbytes() as u64;
+            progress(done, total);
+        }
+        Ok(())
     }
 }

@@ -25,6 +25,21 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Every weight array (to move them between devices).
+    pub fn weights_mut(&mut self) -> Vec<&mut Array> {
+        let mut all = vec![&mut self.q, &mut self.k, &mut self.v, &mut self.o];
+        for extra in [
+            &mut self.q_bias,
+            &mut self.k_bias,
+            &mut self.v_bias,
+            &mut self.o_bias,
+            &mut self.sinks,
+        ] {
+            all.extend(extra.as_mut());
+        }
+        all
+    }
+
     /// `x` is `[tokens, hidden]` at `positions`; returns `[tokens, hidden]`.
     pub fn forward(
         &self,

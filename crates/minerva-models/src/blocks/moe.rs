@@ -3,7 +3,7 @@
 //! chosen scores. Each expert is a clamped SwiGLU MLP with biases. Only the chosen experts'
 //! weights are read.
 
-use minerva_core::{ops, Array, DType, Result};
+use minerva_core::{ops, Array, Result};
 
 /// The experts' gate and up projections, as checkpoints store them.
 pub enum GateUp {
@@ -34,37 +34,34 @@ pub struct Moe {
 }
 
 impl Moe {
-    /// `x` is `[tokens, hidden]`; returns `[tokens, hidden]`.
-    pub fn forward(&self, x: &Array) -> Result<Array> {
-        let (tokens, hidden) = (x.dim(0), x.dim(-1));
-        let experts = self.router.dim(0);
-        let scores = ops::linear(x, &self.router, Some(&self.router_bias))?.to_f32_vec()?;
-        // For each expert, the tokens routed to it and their mixing weights.
-        let mut routes: Vec<(Vec<i32>, Vec<f32>)> = vec![Default::default(); experts];
-        for (t, row) in scores.chunks_exact(experts).enumerate() {
-            for (e, w) in top_k_softmax(row, self.top_k) {
-                routes[e].0.push(t as i32);
-                routes[e].1.push(w);
-            }
+    /// Every weight array (to move them between devices).
+    pub fn weights_mut(&mut self) -> Vec<&mut Array> {
+        let mut all = vec![
+            &mut self.router,
+            &mut self.router_bias,
+            &mut self.down,
+            &mut self.down_bias,
+        ];
+        match &mut self.gate_up {
+            GateUp::Interleaved { weight, bias } => all.extend([weight, bias]),
+            GateUp::Separate {
+                gate,
+                gate_bias,
+                up,
+                up_bias,
+            } => all.extend([gate, gate_bias, up, up_bias]),
         }
-        let mut out = Array::zeros(DType::F32, &[tokens, hidden])?;
-        for (e, (rows, weights)) in routes.iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let rows = Array::from_i32(rows, &[rows.len()])?;
-            let y = self.expert(e, &ops::take_rows(x, &rows)?)?;
-            let weights = Array::from_f32(weights, &[weights.len()])?;
-            ops::scatter_add_rows(&mut out, &rows, &y, &weights)?;
-        }
-        Ok(out)
+        all
     }
 
-    /// Expert `e` on its tokens `x`.
-    fn expert(&self, e: usize, x: &Array) -> Result<Array> {
+    /// `x` is `[tokens, hidden]`; returns `[tokens, hidden]`.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let scores = ops::linear(x, &self.router, Some(&self.router_bias))?;
+        let (experts, weights) = ops::top_k_softmax(&scores, self.top_k)?;
+        // [tokens, top_k, inter] each: every token through each of its chosen experts.
         let (gate, up) = match &self.gate_up {
             GateUp::Interleaved { weight, bias } => {
-                ops::deinterleave(&ops::linear(x, &weight.index(e)?, Some(&bias.index(e)?))?)?
+                ops::deinterleave(&ops::gather_linear(x, weight, Some(bias), &experts)?)?
             }
             GateUp::Separate {
                 gate,
@@ -72,39 +69,12 @@ impl Moe {
                 up,
                 up_bias,
             } => (
-                ops::linear(x, &gate.index(e)?, Some(&gate_bias.index(e)?))?,
-                ops::linear(x, &up.index(e)?, Some(&up_bias.index(e)?))?,
+                ops::gather_linear(x, gate, Some(gate_bias), &experts)?,
+                ops::gather_linear(x, up, Some(up_bias), &experts)?,
             ),
         };
         let h = ops::clamped_swiglu(&gate, &up, self.alpha, self.limit)?;
-        ops::linear(&h, &self.down.index(e)?, Some(&self.down_bias.index(e)?))
-    }
-}
-
-/// The `k` highest scores of `row` (highest first) with softmax weights over just those.
-fn top_k_softmax(row: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    order.truncate(k);
-    let max = row[order[0]];
-    let exps: Vec<f32> = order.iter().map(|&e| (row[e] - max).exp()).collect();
-    let total: f32 = exps.iter().sum();
-    order
-        .into_iter()
-        .zip(exps)
-        .map(|(e, x)| (e, x / total))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routing_softmaxes_only_the_chosen() {
-        let picks = top_k_softmax(&[0.1, 2.0, -1.0, 2.0f32.ln() + 2.0], 2);
-        assert_eq!(picks.iter().map(|p| p.0).collect::<Vec<_>>(), [3, 1]);
-        assert!((picks[0].1 - 2.0 / 3.0).abs() < 1e-6);
-        assert!((picks[1].1 - 1.0 / 3.0).abs() < 1e-6);
+        let y = ops::gather_linear(&h, &self.down, Some(&self.down_bias), &experts)?;
+        ops::weighted_sum(&y, &weights)
     }
 }

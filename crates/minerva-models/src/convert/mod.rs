@@ -308,8 +308,13 @@ fn produce(p: &Planned) -> minerva_core::Result<Vec<Vec<u8>>> {
             q.dtype()
         )));
     };
-    let mut out = vec![q.host_bytes().to_vec(), params.scales.host_bytes().to_vec()];
-    out.extend(params.biases.as_ref().map(|b| b.host_bytes().to_vec()));
+    let mut out = vec![
+        q.host_bytes()?.to_vec(),
+        params.scales.host_bytes()?.to_vec(),
+    ];
+    if let Some(b) = &params.biases {
+        out.push(b.host_bytes()?.to_vec());
+    }
     Ok(out)
 }
 

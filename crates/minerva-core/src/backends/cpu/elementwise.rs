@@ -95,3 +95,32 @@ pub fn silu(x: &[f32], out: &mut [f32]) {
         *o = v / (1.0 + (-v).exp());
     }
 }
+
+/// The `k` highest scores of `row` (highest first, ties to the lower index) with softmax
+/// weights over just those.
+pub fn top_k_softmax(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    let max = row[order[0]];
+    let exps: Vec<f32> = order.iter().map(|&e| (row[e] - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    order
+        .into_iter()
+        .zip(exps)
+        .map(|(e, x)| (e, x / total))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_softmaxes_only_the_chosen() {
+        let picks = top_k_softmax(&[0.1, 2.0, -1.0, 2.0f32.ln() + 2.0], 2);
+        assert_eq!(picks.iter().map(|p| p.0).collect::<Vec<_>>(), [3, 1]);
+        assert!((picks[0].1 - 2.0 / 3.0).abs() < 1e-6);
+        assert!((picks[1].1 - 1.0 / 3.0).abs() < 1e-6);
+    }
+}

@@ -29,7 +29,7 @@ enum Params<'a> {
 
 impl<'a> Params<'a> {
     fn of(a: &'a Array) -> Result<Params<'a>> {
-        let b = a.host_bytes();
+        let b = a.host_bytes()?;
         Ok(match a.dtype() {
             DType::F32 => Params::F32(b),
             DType::F16 => Params::F16(b),
@@ -81,7 +81,7 @@ impl<'a> GroupedView<'a> {
         let k = a.dim(-1);
         Ok(GroupedView {
             dtype: a.dtype(),
-            codes: a.host_bytes(),
+            codes: a.host_bytes()?,
             scales: Params::of(&params.scales)?,
             biases: params.biases.as_ref().map(Params::of).transpose()?,
             rows: a.numel() / k.max(1),

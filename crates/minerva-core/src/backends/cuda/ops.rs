@@ -1,0 +1,633 @@
+//! Launchers: the CUDA side of each op in [`crate::ops`]. Arguments arrive checked (shapes,
+//! dtypes, one device); each function picks a kernel, sizes its grid and queues it.
+//! Activations are f32 and contiguous.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::CudaDevice;
+use crate::ops::{AttentionOptions, Rope, RopeStyle};
+use crate::{Array, DType, Error, Result};
+
+/// Rows of a weight per block in the matrix-vector kernels (one warp each).
+const ROWS_PER_BLOCK: u32 = 4;
+/// Tokens that share one pass over the weights in a multi-token product.
+const TOKEN_TILE: usize = 8;
+const THREADS: u32 = 256;
+
+fn device_of(a: &Array) -> Result<Arc<CudaDevice>> {
+    Ok(Arc::clone(a.cuda_buffer()?.device()))
+}
+
+/// A grid for `n` elements with grid-stride loops (enough blocks to fill any GPU).
+fn grid_for(n: usize) -> (u32, u32, u32) {
+    (
+        (n.div_ceil(THREADS as usize)).clamp(1, 1 << 16) as u32,
+        1,
+        1,
+    )
+}
+
+fn ptr_or_null(a: Option<&Array>) -> Result<u64> {
+    a.map(Array::device_ptr).transpose().map(|p| p.unwrap_or(0))
+}
+
+/// The kernel side of `struct Weight` in `linear.cu` (same field order and sizes).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct WeightArg {
+    codes: u64,
+    scales: u64,
+    biases: u64,
+    row_bytes: i64,
+    expert_bytes: i64,
+    expert_groups: i64,
+    k: i32,
+    param_kind: i32,
+    bits: i32,
+    group: i32,
+}
+
+/// The three kernels generated for one weight format.
+struct FormatKernels {
+    linear1: &'static str,
+    linear8: &'static str,
+    embed: &'static str,
+}
+
+macro_rules! format_kernels {
+    ($f:literal) => {
+        FormatKernels {
+            linear1: concat!("linear_", $f, "_1"),
+            linear8: concat!("linear_", $f, "_8"),
+            embed: concat!("embed_", $f),
+        }
+    };
+}
+
+fn param_kind(a: &Array) -> Result<i32> {
+    Ok(match a.dtype() {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        DType::U8 => 3,
+        other => return Err(Error::Unsupported(format!("{other} group parameters"))),
+    })
+}
+
+/// Describes `w` (`[.., rows, k]`; a stack when it has three axes) to the kernels.
+fn weight_arg(w: &Array) -> Result<(WeightArg, FormatKernels)> {
+    let (k, rows) = (w.dim(-1), w.dim(-2));
+    let dtype = w.dtype();
+    let row_bytes = dtype
+        .bytes_for(k)
+        .ok_or_else(|| Error::Shape(format!("{dtype} rows of {k} values")))?;
+    let codes = w.device_ptr()?;
+    let (mut scales, mut biases, mut kind, mut bits, mut group) = (0, 0, 0, 0, 1);
+    if let Some(q) = w.quant() {
+        scales = q.scales.device_ptr()?;
+        biases = ptr_or_null(q.biases.as_ref())?;
+        kind = param_kind(&q.scales)?;
+        group = dtype.block_len() as i32;
+    }
+    let vec4 = k % 4 == 0;
+    let kernels = match dtype {
+        DType::F32 if vec4 => format_kernels!("f32x4"),
+        DType::F32 => format_kernels!("f32x1"),
+        DType::F16 if vec4 => format_kernels!("f16x4"),
+        DType::F16 => format_kernels!("f16x1"),
+        DType::BF16 if vec4 => format_kernels!("bf16x4"),
+        DType::BF16 => format_kernels!("bf16x1"),
+        DType::Q4_0 => format_kernels!("q4_0"),
+        DType::Q4_1 => format_kernels!("q4_1"),
+        DType::Q8_0 => format_kernels!("q8_0"),
+        DType::Affine { bits: b, .. } => {
+            bits = b as i32;
+            match b {
+                8 => format_kernels!("affine8"),
+                4 => format_kernels!("affine4"),
+                _ => format_kernels!("affine_any"),
+            }
+        }
+        DType::Mxfp4 => format_kernels!("mxfp4"),
+        other => return Err(Error::Unsupported(format!("{other} weights on CUDA"))),
+    };
+    // The 16-byte chunk loads of the MLX formats need 16-byte aligned rows.
+    let wide = matches!(dtype, DType::Mxfp4) || matches!(dtype, DType::Affine { bits: 4 | 8, .. });
+    if wide && (codes % 16 != 0 || row_bytes % 16 != 0) {
+        return Err(Error::Unsupported(format!(
+            "{dtype} weight rows not 16-byte aligned on the GPU"
+        )));
+    }
+    let arg = WeightArg {
+        codes,
+        scales,
+        biases,
+        row_bytes: row_bytes as i64,
+        expert_bytes: (rows * row_bytes) as i64,
+        expert_groups: (rows * (k / group as usize)) as i64,
+        k: k as i32,
+        param_kind: kind,
+        bits,
+        group,
+    };
+    Ok((arg, kernels))
+}
+
+/// `x @ wᵀ + bias` for `x` `[tokens, k]` f32 and `w` `[n, k]`.
+pub(crate) fn linear(
+    x: &Array,
+    w: &Array,
+    bias: Option<&Array>,
+    out_shape: &[usize],
+) -> Result<Array> {
+    let dev = device_of(x)?;
+    let (n, k) = (w.dim(0), w.dim(1));
+    let tokens = x.numel() / k;
+    let (arg, kernels) = weight_arg(w)?;
+    let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
+    let (name, tiles) = match tokens {
+        1 => (kernels.linear1, 1),
+        _ => (kernels.linear8, tokens.div_ceil(TOKEN_TILE)),
+    };
+    let grid = (n.div_ceil(ROWS_PER_BLOCK as usize) as u32, tiles as u32, 1);
+    dev.launch(
+        name,
+        grid,
+        32 * ROWS_PER_BLOCK,
+        &[
+            &arg,
+            &x.device_ptr()?,
+            &ptr_or_null(bias)?,
+            &out.device_ptr()?,
+            &(n as i32),
+            &(tokens as i32),
+            &0u64,
+            &1i32,
+            &0i32,
+        ],
+    )?;
+    Ok(out)
+}
+
+/// For each (token, slot) pair, `x @ w[ids[pair]]ᵀ + bias[ids[pair]]`: `w` is a stack
+/// `[experts, n, k]`, `ids` `[tokens, slots]`, and `x` is `[tokens, k]` (shared by the
+/// slots) or `[tokens, slots, k]`. Returns `[tokens, slots, n]`.
+pub(crate) fn gather_linear(
+    x: &Array,
+    w: &Array,
+    bias: Option<&Array>,
+    ids: &Array,
+) -> Result<Array> {
+    let dev = device_of(x)?;
+    let (n, k) = (w.dim(1), w.dim(2));
+    let (tokens, slots) = (ids.dim(0), ids.dim(1));
+    let per_slot = x.numel() == tokens * slots * k;
+    let (arg, kernels) = weight_arg(w)?;
+    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, slots, n])?;
+    let grid = (
+        n.div_ceil(ROWS_PER_BLOCK as usize) as u32,
+        (tokens * slots) as u32,
+        1,
+    );
+    dev.launch(
+        kernels.linear1,
+        grid,
+        32 * ROWS_PER_BLOCK,
+        &[
+            &arg,
+            &x.device_ptr()?,
+            &ptr_or_null(bias)?,
+            &out.device_ptr()?,
+            &(n as i32),
+            &(tokens as i32),
+            &ids.device_ptr()?,
+            &(slots as i32),
+            &(per_slot as i32),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Rows `ids` (`[tokens]` i32 on the device) of `table` (`[vocab, d]`) as f32.
+pub(crate) fn embedding(table: &Array, ids: &Array) -> Result<Array> {
+    let dev = device_of(table)?;
+    let (vocab, d) = (table.dim(0), table.dim(1));
+    let tokens = ids.numel();
+    let (arg, kernels) = weight_arg(table)?;
+    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, d])?;
+    dev.launch(
+        kernels.embed,
+        (tokens as u32, 1, 1),
+        THREADS,
+        &[
+            &arg,
+            &ids.device_ptr()?,
+            &out.device_ptr()?,
+            &(vocab as i32),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Elementwise binary ops with `b` repeating over `a` (op 0: add, 1: mul).
+pub(crate) fn binary(a: &Array, b: &Array, op: i32) -> Result<Array> {
+    let dev = device_of(a)?;
+    let out = Array::empty_cuda(&dev, DType::F32, a.shape())?;
+    let n = a.numel();
+    dev.launch(
+        "binary_bcast",
+        grid_for(n),
+        THREADS,
+        &[
+            &a.device_ptr()?,
+            &b.device_ptr()?,
+            &out.device_ptr()?,
+            &(n as i64),
+            &(b.numel().max(1) as i64),
+            &op,
+        ],
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn scale(x: &Array, s: f32) -> Result<Array> {
+    let dev = device_of(x)?;
+    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
+    let n = x.numel();
+    dev.launch(
+        "scale_f32",
+        grid_for(n),
+        THREADS,
+        &[&x.device_ptr()?, &out.device_ptr()?, &(n as i64), &s],
+    )?;
+    Ok(out)
+}
+
+/// The gated activations (op 0: silu(a); 1: silu(a) b; 2: clamped SwiGLU of a and b).
+pub(crate) fn activation(
+    a: &Array,
+    b: Option<&Array>,
+    op: i32,
+    alpha: f32,
+    limit: f32,
+) -> Result<Array> {
+    let dev = device_of(a)?;
+    let out = Array::empty_cuda(&dev, DType::F32, a.shape())?;
+    let n = a.numel();
+    dev.launch(
+        "activation",
+        grid_for(n),
+        THREADS,
+        &[
+            &a.device_ptr()?,
+            &ptr_or_null(b)?,
+            &out.device_ptr()?,
+            &(n as i64),
+            &op,
+            &alpha,
+            &limit,
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Threads for a kernel that reduces over rows of `d` values (a multiple of 32, ≤ 1024).
+fn row_threads(d: usize) -> u32 {
+    (d.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
+    let dev = device_of(x)?;
+    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
+    let d = x.dim(-1);
+    let rows = x.numel() / d.max(1);
+    if rows == 0 {
+        return Ok(out);
+    }
+    dev.launch(
+        "rms_norm",
+        (rows as u32, 1, 1),
+        row_threads(d),
+        &[
+            &x.device_ptr()?,
+            &w.device_ptr()?,
+            &out.device_ptr()?,
+            &(d as i32),
+            &eps,
+        ],
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn softmax(x: &Array) -> Result<Array> {
+    let dev = device_of(x)?;
+    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
+    let d = x.dim(-1);
+    let rows = x.numel() / d.max(1);
+    if rows == 0 {
+        return Ok(out);
+    }
+    dev.launch(
+        "softmax_rows",
+        (rows as u32, 1, 1),
+        row_threads(d),
+        &[&x.device_ptr()?, &out.device_ptr()?, &(d as i32)],
+    )?;
+    Ok(out)
+}
+
+/// The kernel side of `struct RopeFreqs` (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeFreqs {
+    inv_freq: [f32; 128],
+}
+
+pub(crate) fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
+    let dev = device_of(x)?;
+    let [tokens, heads, head_dim] = *x.shape() else {
+        unreachable!("ops::rope checked the rank")
+    };
+    let half = rope.inv_freq.len();
+    if half > 128 {
+        return Err(Error::Unsupported(format!(
+            "rope over {} dims on CUDA",
+            2 * half
+        )));
+    }
+    let mut freqs = RopeFreqs {
+        inv_freq: [0.0; 128],
+    };
+    freqs.inv_freq[..half].copy_from_slice(&rope.inv_freq);
+    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
+    let style = match rope.style {
+        RopeStyle::Interleaved => 0i32,
+        RopeStyle::Half => 1,
+    };
+    if tokens * heads == 0 {
+        return Ok(out);
+    }
+    dev.launch(
+        "rope",
+        ((tokens * heads) as u32, 1, 1),
+        (head_dim.div_ceil(32) * 32).min(1024) as u32,
+        &[
+            &x.device_ptr()?,
+            &out.device_ptr()?,
+            &positions.device_ptr()?,
+            &freqs,
+            &(heads as i32),
+            &(head_dim as i32),
+            &(half as i32),
+            &style,
+            &rope.mscale,
+        ],
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn deinterleave(x: &Array, half_shape: &[usize]) -> Result<(Array, Array)> {
+    let dev = device_of(x)?;
+    let even = Array::empty_cuda(&dev, DType::F32, half_shape)?;
+    let odd = Array::empty_cuda(&dev, DType::F32, half_shape)?;
+    let pairs = even.numel();
+    dev.launch(
+        "deinterleave",
+        grid_for(pairs),
+        THREADS,
+        &[
+            &x.device_ptr()?,
+            &even.device_ptr()?,
+            &odd.device_ptr()?,
+            &(pairs as i64),
+        ],
+    )?;
+    Ok((even, odd))
+}
+
+pub(crate) fn transpose_last2(x: &Array, out_shape: &[usize]) -> Result<Array> {
+    let dev = device_of(x)?;
+    let (a, b) = (x.dim(-2), x.dim(-1));
+    let batch = x.numel() / (a * b).max(1);
+    let kind = match x.dtype() {
+        DType::F32 => 0i32,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        other => return Err(Error::Unsupported(format!("transposing {other} on CUDA"))),
+    };
+    let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
+    dev.launch(
+        "transpose_last2",
+        grid_for(x.numel()),
+        THREADS,
+        &[
+            &x.device_ptr()?,
+            &out.device_ptr()?,
+            &(batch as i64),
+            &(a as i32),
+            &(b as i32),
+            &kind,
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Writes `new` (`[tokens, kv_heads, head_dim]`) into `cache` at `positions`.
+pub(crate) fn write_kv(cache: &mut Array, positions: &Array, new: &Array) -> Result<()> {
+    let dev = device_of(new)?;
+    let [kv_heads, capacity, head_dim] = *cache.shape() else {
+        unreachable!("ops::write_kv checked the rank")
+    };
+    let tokens = new.dim(0);
+    let half = (cache.dtype() == DType::F16) as i32;
+    let dst = cache.device_ptr_mut()?;
+    dev.launch(
+        "write_kv",
+        grid_for(tokens * kv_heads * head_dim),
+        THREADS,
+        &[
+            &dst,
+            &new.device_ptr()?,
+            &positions.device_ptr()?,
+            &(tokens as i32),
+            &(kv_heads as i32),
+            &(capacity as i32),
+            &(head_dim as i32),
+            &half,
+        ],
+    )
+}
+
+/// Copies `count` runs of `run` bytes, at strides `src_stride` and `dst_stride`.
+pub(crate) fn copy_strided(
+    src: &Array,
+    dst: &mut Array,
+    count: usize,
+    run: usize,
+    src_stride: usize,
+    dst_stride: usize,
+) -> Result<()> {
+    let dev = device_of(src)?;
+    let (from, to) = (src.device_ptr()?, dst.device_ptr_mut()?);
+    for i in 0..count {
+        if run > 0 {
+            dev.copy(
+                to + (i * dst_stride) as u64,
+                from + (i * src_stride) as u64,
+                run,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Keys per split that keep a block busy without leaving the GPU idle.
+const KEYS_PER_SPLIT: usize = 64;
+const MAX_SPLITS: usize = 64;
+
+fn attention_kernel(head_dim: usize, group: usize, half: bool) -> Result<&'static str> {
+    macro_rules! pick {
+        ($d:literal) => {
+            match (group, half) {
+                (..=4, true) => concat!("attn_partial_d", $d, "_g4_f16"),
+                (..=4, false) => concat!("attn_partial_d", $d, "_g4_f32"),
+                (..=8, true) => concat!("attn_partial_d", $d, "_g8_f16"),
+                (..=8, false) => concat!("attn_partial_d", $d, "_g8_f32"),
+                (..=16, true) => concat!("attn_partial_d", $d, "_g16_f16"),
+                (..=16, false) => concat!("attn_partial_d", $d, "_g16_f32"),
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "{group} query heads per KV head on CUDA"
+                    )))
+                }
+            }
+        };
+    }
+    Ok(match head_dim {
+        1..=32 => pick!("1"),
+        33..=64 => pick!("2"),
+        65..=128 => pick!("4"),
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "head_dim {head_dim} attention on CUDA"
+            )))
+        }
+    })
+}
+
+/// Causal GQA attention of `q` (`[tokens, heads, head_dim]`) over caches `[kv_heads,
+/// capacity, head_dim]` of which `kv_len` positions are valid; `[tokens, heads * head_dim]`.
+pub(crate) fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    kv_len: usize,
+    positions: &Array,
+    opts: AttentionOptions<'_>,
+) -> Result<Array> {
+    let dev = device_of(q)?;
+    let [tokens, heads, head_dim] = *q.shape() else {
+        unreachable!("ops::attention checked the rank")
+    };
+    let [kv_heads, capacity, _] = *k.shape() else {
+        unreachable!("ops::attention checked the rank")
+    };
+    let group = heads / kv_heads;
+    let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;
+    let visible = opts.window.map_or(kv_len, |w| w.min(kv_len));
+    // Decode needs the keys split to fill the GPU; prompts already bring a block per token.
+    let splits = match tokens {
+        1 => visible.div_ceil(KEYS_PER_SPLIT).clamp(1, MAX_SPLITS),
+        _ => 1,
+    };
+    let rows = tokens * heads * splits;
+    let part_acc = Array::empty_cuda(&dev, DType::F32, &[rows, head_dim])?;
+    let part_ml = Array::empty_cuda(&dev, DType::F32, &[rows, 2])?;
+    dev.launch(
+        kernel,
+        (splits as u32, kv_heads as u32, tokens as u32),
+        128,
+        &[
+            &q.device_ptr()?,
+            &k.device_ptr()?,
+            &v.device_ptr()?,
+            &positions.device_ptr()?,
+            &part_acc.device_ptr()?,
+            &part_ml.device_ptr()?,
+            &(heads as i32),
+            &(kv_heads as i32),
+            &(capacity as i32),
+            &(head_dim as i32),
+            &(opts.window.unwrap_or(0) as i32),
+            &opts.scale,
+        ],
+    )?;
+    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
+    dev.launch(
+        "attn_combine",
+        ((tokens * heads) as u32, 1, 1),
+        head_dim as u32,
+        &[
+            &part_acc.device_ptr()?,
+            &part_ml.device_ptr()?,
+            &ptr_or_null(opts.sinks)?,
+            &out.device_ptr()?,
+            &(heads as i32),
+            &(splits as i32),
+            &(head_dim as i32),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Per token, the `k` best of `[tokens, experts]` scores and their softmax weights:
+/// (`[tokens, k]` i32 ids, `[tokens, k]` f32 weights).
+pub(crate) fn top_k_softmax(scores: &Array, k: usize) -> Result<(Array, Array)> {
+    let dev = device_of(scores)?;
+    let (tokens, experts) = (scores.dim(0), scores.dim(1));
+    if k > 32 || experts > 1024 {
+        return Err(Error::Unsupported(format!(
+            "top-{k} of {experts} experts on CUDA (at most 32 of 1024)"
+        )));
+    }
+    let ids = Array::empty_cuda(&dev, DType::I32, &[tokens, k])?;
+    let weights = Array::empty_cuda(&dev, DType::F32, &[tokens, k])?;
+    let warps = 4;
+    dev.launch(
+        "top_k_softmax",
+        (tokens.div_ceil(warps) as u32, 1, 1),
+        32 * warps as u32,
+        &[
+            &scores.device_ptr()?,
+            &ids.device_ptr()?,
+            &weights.device_ptr()?,
+            &(tokens as i32),
+            &(experts as i32),
+            &(k as i32),
+        ],
+    )?;
+    Ok((ids, weights))
+}
+
+/// `out[t] = Σ_s w[t, s] y[t, s]` for `y` `[tokens, slots, d]`.
+pub(crate) fn weighted_sum(y: &Array, w: &Array) -> Result<Array> {
+    let dev = device_of(y)?;
+    let (tokens, slots, d) = (y.dim(0), y.dim(1), y.dim(2));
+    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, d])?;
+    dev.launch(
+        "weighted_sum",
+        grid_for(tokens * d),
+        THREADS,
+        &[
+            &y.device_ptr()?,
+            &w.device_ptr()?,
+            &out.device_ptr()?,
+            &(slots as i32),
+            &((tokens * d) as i64),
+            &(d as i32),
+        ],
+    )?;
+    Ok(out)
+}

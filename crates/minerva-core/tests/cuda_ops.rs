@@ -1,0 +1,477 @@
+//! Every CUDA op against the CPU backend on random inputs (odd sizes included). Skips, with
+//! a message, on machines where no GPU can be opened; `scripts/gpu-check` runs it on one.
+//!
+//! Tolerance: max |gpu - cpu| / max |cpu| ≤ 1e-4 where both compute in f32 (they differ in
+//! summation order and fused multiply-adds); 2e-3 for attention over an f16 cache, where
+//! the CPU also rounds the probabilities to f16 (relative 4.9e-4 each) and the GPU does not.
+//! Matrix products are checked against the CPU product with the weight dequantized to f32:
+//! the CPU's GGUF kernels quantize activations to 8 bits (as llama.cpp does), the GPU's keep
+//! them in f32, so the f32 product is the reference for both.
+
+use minerva_core::ops::{self, AttentionOptions, Rope, RopeStyle};
+use minerva_core::{Array, DType, Device};
+
+const GPU: Device = Device::Cuda(0);
+
+fn gpu_ready(test: &str) -> bool {
+    match minerva_core::backends::cuda::device(0) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no usable GPU ({e})");
+            false
+        }
+    }
+}
+
+/// xorshift64*: deterministic inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+
+    fn array(&mut self, shape: &[usize]) -> Array {
+        Array::from_f32(&self.vec(shape.iter().product()), shape).unwrap()
+    }
+}
+
+fn gpu(a: &Array) -> Array {
+    a.to_device(GPU).unwrap()
+}
+
+fn relative_error(gpu: &Array, cpu: &Array) -> f32 {
+    assert_eq!(gpu.shape(), cpu.shape());
+    assert_eq!(gpu.device(), GPU);
+    let (g, c) = (gpu.to_f32_vec().unwrap(), cpu.to_f32_vec().unwrap());
+    let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let diff = g.iter().zip(&c).fold(0.0f32, |m, (a, b)| {
+        // NaN anywhere fails the comparison below.
+        if a.is_nan() || b.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max((a - b).abs())
+        }
+    });
+    diff / scale
+}
+
+fn assert_close(what: &str, gpu: &Array, cpu: &Array, tolerance: f32) {
+    let err = relative_error(gpu, cpu);
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:e} > {tolerance:e}"
+    );
+}
+
+/// `w`'s values as an f32 array.
+fn dequantized(w: &Array) -> Array {
+    Array::from_f32(&w.to_f32_vec().unwrap(), w.shape()).unwrap()
+}
+
+/// A dense weight of `dtype` from f32 values.
+fn dense(values: &[f32], shape: &[usize], dtype: DType) -> Array {
+    let mut a = Array::zeros(dtype, shape).unwrap();
+    let bytes = a.host_bytes_mut().unwrap();
+    match dtype {
+        DType::F32 => bytes.copy_from_slice(bytemuck::cast_slice(values)),
+        DType::F16 => values
+            .iter()
+            .zip(bytes.chunks_exact_mut(2))
+            .for_each(|(v, b)| b.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => values
+            .iter()
+            .zip(bytes.chunks_exact_mut(2))
+            .for_each(|(v, b)| b.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        other => panic!("dense {other}"),
+    }
+    a
+}
+
+/// Random GGUF blocks: a small positive f16 scale (and min), random codes.
+fn gguf(rng: &mut Rng, dtype: DType, shape: &[usize]) -> Array {
+    let mut a = Array::zeros(dtype, shape).unwrap();
+    let block = dtype.block_bytes();
+    for b in a.host_bytes_mut().unwrap().chunks_exact_mut(block) {
+        for byte in b.iter_mut() {
+            *byte = rng.next() as u8;
+        }
+        let d = half::f16::from_f32(0.01 + 0.02 * rng.uniform().abs());
+        b[..2].copy_from_slice(&d.to_le_bytes());
+        if dtype == DType::Q4_1 {
+            let m = half::f16::from_f32(0.1 * rng.uniform());
+            b[2..4].copy_from_slice(&m.to_le_bytes());
+        }
+    }
+    a
+}
+
+/// Every weight format the kernels read, as `[n, k]` (or a stack `[e, n, k]`).
+fn weights(rng: &mut Rng, shape: &[usize]) -> Vec<(String, Array)> {
+    let numel: usize = shape.iter().product();
+    let values = rng.vec(numel);
+    let f32w = Array::from_f32(&values, shape).unwrap();
+    let mut all = vec![
+        ("f32".to_string(), f32w.clone()),
+        ("f16".into(), dense(&values, shape, DType::F16)),
+        ("bf16".into(), dense(&values, shape, DType::BF16)),
+        ("mxfp4".into(), ops::quantize(&f32w, DType::Mxfp4).unwrap()),
+    ];
+    for bits in [2u8, 3, 4, 5, 6, 8] {
+        for group in [32u16, 64, 128] {
+            if shape.last().unwrap().is_multiple_of(group as usize) {
+                let dtype = DType::Affine { bits, group };
+                all.push((dtype.to_string(), ops::quantize(&f32w, dtype).unwrap()));
+            }
+        }
+    }
+    let bf = dense(&values, shape, DType::BF16);
+    all.push((
+        "affine8g64(bf16)".into(),
+        ops::quantize(&bf, DType::Affine { bits: 8, group: 64 }).unwrap(),
+    ));
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        all.push((dtype.to_string(), gguf(rng, dtype, shape)));
+    }
+    all
+}
+
+#[test]
+fn linear_every_weight_format() {
+    if !gpu_ready("linear_every_weight_format") {
+        return;
+    }
+    let mut rng = Rng(1);
+    for (n, k) in [(37, 128), (64, 256), (5, 384)] {
+        for (name, w) in weights(&mut rng, &[n, k]) {
+            let wg = gpu(&w);
+            let exact = dequantized(&w);
+            let bias = rng.array(&[n]);
+            for tokens in [1, 3, 9, 17] {
+                let x = rng.array(&[tokens, k]);
+                let cpu = ops::linear(&x, &exact, Some(&bias)).unwrap();
+                let got = ops::linear(&gpu(&x), &wg, Some(&gpu(&bias))).unwrap();
+                assert_close(
+                    &format!("linear {name} [{n},{k}] x{tokens}"),
+                    &got,
+                    &cpu,
+                    1e-4,
+                );
+            }
+        }
+    }
+    // Dense rows whose length is no multiple of 4 take the one-value path.
+    let w = rng.array(&[7, 13]);
+    let x = rng.array(&[2, 13]);
+    let cpu = ops::linear(&x, &w, None).unwrap();
+    assert_close(
+        "linear f32 k=13",
+        &ops::linear(&gpu(&x), &gpu(&w), None).unwrap(),
+        &cpu,
+        1e-4,
+    );
+}
+
+#[test]
+fn gather_linear_reads_the_chosen_experts() {
+    if !gpu_ready("gather_linear_reads_the_chosen_experts") {
+        return;
+    }
+    let mut rng = Rng(2);
+    let (experts, n, k, tokens, slots) = (5, 24, 64, 3, 2);
+    let ids = Array::from_i32(&[4, 0, 2, 2, 1, 3], &[tokens, slots]).unwrap();
+    for (name, w) in weights(&mut rng, &[experts, n, k]) {
+        let bias = rng.array(&[experts, n]);
+        let exact = dequantized(&w);
+        for x in [rng.array(&[tokens, k]), rng.array(&[tokens, slots, k])] {
+            let cpu = ops::gather_linear(&x, &exact, Some(&bias), &ids).unwrap();
+            let got =
+                ops::gather_linear(&gpu(&x), &gpu(&w), Some(&gpu(&bias)), &gpu(&ids)).unwrap();
+            assert_close(
+                &format!("gather_linear {name} x{:?}", x.shape()),
+                &got,
+                &cpu,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_every_table_format() {
+    if !gpu_ready("embedding_every_table_format") {
+        return;
+    }
+    let mut rng = Rng(3);
+    let ids = Array::from_i32(&[3, 0, 9, 3], &[4]).unwrap();
+    for (name, table) in weights(&mut rng, &[10, 128]) {
+        let cpu = ops::embedding(&table, &ids).unwrap();
+        let tg = gpu(&table);
+        assert_close(
+            &format!("embedding {name}"),
+            &ops::embedding(&tg, &ids).unwrap(),
+            &cpu,
+            1e-6,
+        );
+        assert_close(
+            &format!("embedding {name} (device ids)"),
+            &ops::embedding(&tg, &gpu(&ids)).unwrap(),
+            &cpu,
+            1e-6,
+        );
+    }
+    assert!(ops::embedding(
+        &gpu(&rng.array(&[10, 4])),
+        &Array::from_i32(&[10], &[1]).unwrap()
+    )
+    .is_err());
+}
+
+#[test]
+fn elementwise_and_row_ops() {
+    if !gpu_ready("elementwise_and_row_ops") {
+        return;
+    }
+    let mut rng = Rng(4);
+    for d in [37, 576, 2880] {
+        let (a, b, row) = (rng.array(&[3, d]), rng.array(&[3, d]), rng.array(&[d]));
+        let (ga, gb, grow) = (gpu(&a), gpu(&b), gpu(&row));
+        assert_close(
+            "add",
+            &ops::add(&ga, &gb).unwrap(),
+            &ops::add(&a, &b).unwrap(),
+            1e-6,
+        );
+        assert_close(
+            "add bcast",
+            &ops::add(&ga, &grow).unwrap(),
+            &ops::add(&a, &row).unwrap(),
+            1e-6,
+        );
+        assert_close(
+            "mul bcast",
+            &ops::mul(&ga, &grow).unwrap(),
+            &ops::mul(&a, &row).unwrap(),
+            1e-6,
+        );
+        assert_close(
+            "scale",
+            &ops::scale(&ga, 0.3).unwrap(),
+            &ops::scale(&a, 0.3).unwrap(),
+            1e-6,
+        );
+        let norm = ops::rms_norm(&a, &row, 1e-5).unwrap();
+        assert_close(
+            "rms_norm",
+            &ops::rms_norm(&ga, &grow, 1e-5).unwrap(),
+            &norm,
+            1e-5,
+        );
+        let big = ops::scale(&a, 8.0).unwrap();
+        assert_close(
+            "softmax",
+            &ops::softmax(&gpu(&big)).unwrap(),
+            &ops::softmax(&big).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            "silu",
+            &ops::silu(&ga).unwrap(),
+            &ops::silu(&a).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            "swiglu",
+            &ops::swiglu(&ga, &gb).unwrap(),
+            &ops::swiglu(&a, &b).unwrap(),
+            1e-5,
+        );
+        // Values beyond the clamp exercise it.
+        let (a8, b8) = (ops::scale(&a, 10.0).unwrap(), ops::scale(&b, 10.0).unwrap());
+        assert_close(
+            "clamped_swiglu",
+            &ops::clamped_swiglu(&gpu(&a8), &gpu(&b8), 1.702, 7.0).unwrap(),
+            &ops::clamped_swiglu(&a8, &b8, 1.702, 7.0).unwrap(),
+            1e-5,
+        );
+    }
+    let x = rng.array(&[2, 3, 10]);
+    let (ce, co) = ops::deinterleave(&x).unwrap();
+    let (ge, go) = ops::deinterleave(&gpu(&x)).unwrap();
+    assert_close("deinterleave even", &ge, &ce, 0.0);
+    assert_close("deinterleave odd", &go, &co, 0.0);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let t = dense(&rng.vec(2 * 5 * 7), &[2, 5, 7], dtype);
+        let cpu = ops::transpose_last2(&t).unwrap();
+        assert_close(
+            &format!("transpose {dtype}"),
+            &ops::transpose_last2(&gpu(&t)).unwrap(),
+            &cpu,
+            0.0,
+        );
+    }
+    let rows = ops::slice_rows(&gpu(&x), 1, 1).unwrap();
+    assert_close(
+        "slice_rows",
+        &rows,
+        &ops::slice_rows(&x, 1, 1).unwrap(),
+        0.0,
+    );
+}
+
+#[test]
+fn rope_both_styles_partial_and_scaled() {
+    if !gpu_ready("rope_both_styles_partial_and_scaled") {
+        return;
+    }
+    let mut rng = Rng(5);
+    let pos = Array::from_i32(&[0, 7, 4095, 70000], &[4]).unwrap();
+    for (head_dim, rotated) in [(64, 64), (64, 32), (128, 128)] {
+        let inv_freq: Vec<f32> = (0..rotated / 2)
+            .map(|i| 1.0 / 150000f32.powf(2.0 * i as f32 / rotated as f32))
+            .collect();
+        for style in [RopeStyle::Interleaved, RopeStyle::Half] {
+            let rope = Rope {
+                inv_freq: inv_freq.clone(),
+                style,
+                mscale: 1.35,
+            };
+            let x = rng.array(&[4, 3, head_dim]);
+            let cpu = ops::rope(&x, &pos, &rope).unwrap();
+            let got = ops::rope(&gpu(&x), &gpu(&pos), &rope).unwrap();
+            assert_close(
+                &format!("rope {style:?} {rotated}/{head_dim}"),
+                &got,
+                &cpu,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn moe_routing_and_mixing() {
+    if !gpu_ready("moe_routing_and_mixing") {
+        return;
+    }
+    let mut rng = Rng(6);
+    for (tokens, experts, k) in [(1, 32, 4), (5, 32, 4), (3, 7, 2), (2, 40, 3)] {
+        let mut scores = rng.vec(tokens * experts);
+        scores[1] = scores[0]; // a tie goes to the lower index on both
+        let scores = Array::from_f32(&scores, &[tokens, experts]).unwrap();
+        let (ci, cw) = ops::top_k_softmax(&scores, k).unwrap();
+        let (gi, gw) = ops::top_k_softmax(&gpu(&scores), k).unwrap();
+        assert_eq!(
+            gi.to_f32_vec().unwrap(),
+            ci.to_f32_vec().unwrap(),
+            "top-{k} ids"
+        );
+        assert_close("top-k weights", &gw, &cw, 1e-6);
+        let y = rng.array(&[tokens, k, 19]);
+        assert_close(
+            "weighted_sum",
+            &ops::weighted_sum(&gpu(&y), &gw).unwrap(),
+            &ops::weighted_sum(&y, &cw).unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn kv_cache_writes_and_attention() {
+    if !gpu_ready("kv_cache_writes_and_attention") {
+        return;
+    }
+    let mut rng = Rng(7);
+    // (heads, kv_heads, head_dim, prompt, window, sinks)
+    let cases = [
+        (64, 8, 64, 300, Some(128), true),
+        (64, 8, 64, 300, None, true),
+        (9, 3, 64, 70, None, false),
+        (4, 4, 128, 33, Some(8), false),
+        (16, 1, 32, 20, None, true),
+    ];
+    for (heads, kv_heads, head_dim, prompt, window, with_sinks) in cases {
+        for dtype in [DType::F32, DType::F16] {
+            let capacity = prompt + 8;
+            let shape = [kv_heads, capacity, head_dim];
+            let (mut kc, mut vc) = (
+                Array::zeros(dtype, &shape).unwrap(),
+                Array::zeros(dtype, &shape).unwrap(),
+            );
+            let (mut kg, mut vg) = (
+                Array::zeros_on(dtype, &shape, GPU).unwrap(),
+                Array::zeros_on(dtype, &shape, GPU).unwrap(),
+            );
+            let sinks = rng.array(&[heads]);
+            let sinks_gpu = gpu(&sinks);
+            let opts = |s| AttentionOptions {
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+                sinks: if with_sinks { Some(s) } else { None },
+            };
+            // A prompt in one pass, then two single-token steps.
+            let mut start = 0;
+            for tokens in [prompt, 1, 1] {
+                let pos: Vec<i32> = (start..start + tokens).map(|p| p as i32).collect();
+                let pos = Array::from_i32(&pos, &[tokens]).unwrap();
+                let (k, v) = (
+                    rng.array(&[tokens, kv_heads, head_dim]),
+                    rng.array(&[tokens, kv_heads, head_dim]),
+                );
+                let q = ops::scale(&rng.array(&[tokens, heads, head_dim]), 3.0).unwrap();
+                ops::write_kv(&mut kc, &pos, &k).unwrap();
+                ops::write_kv(&mut vc, &pos, &v).unwrap();
+                let pg = gpu(&pos);
+                ops::write_kv(&mut kg, &pg, &gpu(&k)).unwrap();
+                ops::write_kv(&mut vg, &pg, &gpu(&v)).unwrap();
+                let end = start + tokens;
+                let cpu = ops::attention(&q, &kc, &vc, end, &pos, opts(&sinks)).unwrap();
+                let got = ops::attention(&gpu(&q), &kg, &vg, end, &pg, opts(&sinks_gpu)).unwrap();
+                let tolerance = if dtype == DType::F16 { 2e-3 } else { 1e-4 };
+                let what = format!("attention {heads}/{kv_heads}x{head_dim} {dtype} window {window:?} tokens {tokens} at {start}");
+                assert_close(&what, &got, &cpu, tolerance);
+                start = end;
+            }
+            assert_close("written keys", &kg, &kc, 0.0);
+            // A cache that grows keeps what it held.
+            let bigger = [kv_heads, 2 * capacity, head_dim];
+            let (mut grown_c, mut grown_g) = (
+                Array::zeros(dtype, &bigger).unwrap(),
+                Array::zeros_on(dtype, &bigger, GPU).unwrap(),
+            );
+            ops::copy_kv_prefix(&kc, &mut grown_c, start).unwrap();
+            ops::copy_kv_prefix(&kg, &mut grown_g, start).unwrap();
+            assert_close("copy_kv_prefix", &grown_g, &grown_c, 0.0);
+        }
+    }
+}
+
+#[test]
+fn device_errors_are_clear() {
+    if !gpu_ready("device_errors_are_clear") {
+        return;
+    }
+    let a = Array::from_f32(&[1.0, 2.0], &[2]).unwrap();
+    let err = ops::add(&a, &gpu(&a)).unwrap_err().to_string();
+    assert!(err.contains("cpu") && err.contains("cuda:0"), "{err}");
+    let err = gpu(&a).as_f32().unwrap_err().to_string();
+    assert!(err.contains("cuda:0"), "{err}");
+    let err = minerva_core::backends::cuda::device(99)
+        .err()
+        .expect("no GPU 99")
+        .to_string();
+    assert!(err.contains("no CUDA device 99"), "{err}");
+}
