@@ -30,7 +30,11 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 }
 
 fn cache_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let home = var("MINERVA_HOME")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("minerva")))
         .or_else(|| var("HOME").map(|d| d.join(".cache/minerva")))?;
