@@ -9,7 +9,7 @@
 
 use minerva_core::{Array, Device};
 
-use super::{CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
+use super::{decoder_causal_lm, CausalLm, Decoder, DecoderBlock, Logits, ModelInfo};
 use crate::blocks::{Attention, GatedMlp};
 use crate::checkpoint::Checkpoint;
 use crate::config::LlamaConfig;
@@ -152,22 +152,4 @@ impl Llama {
     }
 }
 
-impl CausalLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array> {
-        self.decoder.forward(tokens, cache, logits)
-    }
-
-    fn device(&self) -> Device {
-        self.decoder.device()
-    }
-
-    fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        self.decoder.to_device(device, progress)?;
-        self.info.device = device;
-        Ok(())
-    }
-}
+decoder_causal_lm!(Llama);

@@ -50,6 +50,41 @@ pub trait CausalLm: Send + Sync {
     fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()>;
 }
 
+/// `CausalLm` for an architecture struct with `info: ModelInfo` and `decoder: Decoder<_>`.
+macro_rules! decoder_causal_lm {
+    ($arch:ty) => {
+        impl CausalLm for $arch {
+            fn info(&self) -> &ModelInfo {
+                &self.info
+            }
+
+            fn forward(
+                &self,
+                tokens: &[u32],
+                cache: &mut dyn KvCache,
+                logits: Logits,
+            ) -> Result<Array> {
+                self.decoder.forward(tokens, cache, logits)
+            }
+
+            fn device(&self) -> Device {
+                self.decoder.device()
+            }
+
+            fn to_device(
+                &mut self,
+                device: Device,
+                progress: &mut dyn FnMut(u64, u64),
+            ) -> Result<()> {
+                self.decoder.to_device(device, progress)?;
+                self.info.device = device;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use decoder_causal_lm;
+
 /// A feed-forward sublayer: a dense MLP or a mixture of experts.
 pub trait FeedForward: Send + Sync {
     fn forward(&self, x: &Array) -> Result<Array>;

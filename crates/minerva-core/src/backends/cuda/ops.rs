@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::CudaDevice;
+use super::{CudaDevice, KernelArg};
 use crate::ops::{AttentionOptions, Rope, RopeStyle};
 use crate::{Array, DType, Error, Result};
 
@@ -298,7 +298,8 @@ fn row_threads(d: usize) -> u32 {
     (d.div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
-pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
+/// A one-block-per-row kernel `name(x, out, d, extra...)` over the last axis of `x`.
+fn row_kernel(name: &'static str, x: &Array, extra: &[&dyn KernelArg]) -> Result<Array> {
     let dev = device_of(x)?;
     let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
     let d = x.dim(-1);
@@ -306,36 +307,19 @@ pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
     if rows == 0 {
         return Ok(out);
     }
-    dev.launch(
-        "rms_norm",
-        (rows as u32, 1, 1),
-        row_threads(d),
-        &[
-            &x.device_ptr()?,
-            &w.device_ptr()?,
-            &out.device_ptr()?,
-            &(d as i32),
-            &eps,
-        ],
-    )?;
+    let (xp, op, di) = (x.device_ptr()?, out.device_ptr()?, d as i32);
+    let mut args: Vec<&dyn KernelArg> = vec![&xp, &op, &di];
+    args.extend_from_slice(extra);
+    dev.launch(name, (rows as u32, 1, 1), row_threads(d), &args)?;
     Ok(out)
 }
 
+pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
+    row_kernel("rms_norm", x, &[&w.device_ptr()?, &eps])
+}
+
 pub(crate) fn softmax(x: &Array) -> Result<Array> {
-    let dev = device_of(x)?;
-    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
-    let d = x.dim(-1);
-    let rows = x.numel() / d.max(1);
-    if rows == 0 {
-        return Ok(out);
-    }
-    dev.launch(
-        "softmax_rows",
-        (rows as u32, 1, 1),
-        row_threads(d),
-        &[&x.device_ptr()?, &out.device_ptr()?, &(d as i32)],
-    )?;
-    Ok(out)
+    row_kernel("softmax_rows", x, &[])
 }
 
 /// The kernel side of `struct RopeFreqs` (passed by value).

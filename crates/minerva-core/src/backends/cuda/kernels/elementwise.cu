@@ -33,7 +33,7 @@ extern "C" __global__ void activation(const float* a, const float* b, float* out
 }
 
 // One block per row of d values.
-extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int d, float eps) {
+extern "C" __global__ void rms_norm(const float* x, float* out, int d, const float* w, float eps) {
     const float* xr = x + (i64)blockIdx.x * d;
     float* o = out + (i64)blockIdx.x * d;
     float ss = 0.0f;

@@ -89,33 +89,26 @@ struct Q8_0 {
     }
 };
 
-// MLX affine 8-bit: 16 codes per chunk, all in one group (groups are 32, 64 or 128).
-struct Affine8 {
-    static constexpr int VALS = 16;
+// MLX affine 4- or 8-bit: a 16-byte chunk holds 128 / BITS codes, all in one group (groups
+// are 32, 64 or 128 values); value i sits in bits BITS i.. of the little-endian stream.
+template <int BITS>
+struct AffinePow2 {
+    static constexpr int VALS = 128 / BITS;
     __device__ static void decode(const Weight& w, const u8* row, i64 g0, int c, float* v) {
+        constexpr int PER_WORD = 32 / BITS;
+        constexpr u32 MASK = (1u << BITS) - 1;
         const uint4 q = ((const uint4*)row)[c];
         const i64 g = g0 + (i64)c * VALS / w.group;
         const float s = load_param(w.scales, w.param_kind, g);
         const float b = load_param(w.biases, w.param_kind, g);
         const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int i = 0; i < 16; i++) v[i] = fmaf(s, (float)((words[i >> 2] >> (8 * (i & 3))) & 0xff), b);
+        for (int i = 0; i < VALS; i++)
+            v[i] = fmaf(s, (float)((words[i / PER_WORD] >> (BITS * (i % PER_WORD))) & MASK), b);
     }
 };
-
-// MLX affine 4-bit: 32 codes per chunk, value i in nibble i of the little-endian stream.
-struct Affine4 {
-    static constexpr int VALS = 32;
-    __device__ static void decode(const Weight& w, const u8* row, i64 g0, int c, float* v) {
-        const uint4 q = ((const uint4*)row)[c];
-        const i64 g = g0 + (i64)c * VALS / w.group;
-        const float s = load_param(w.scales, w.param_kind, g);
-        const float b = load_param(w.biases, w.param_kind, g);
-        const u32 words[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int i = 0; i < 32; i++) v[i] = fmaf(s, (float)((words[i >> 3] >> (4 * (i & 7))) & 15), b);
-    }
-};
+typedef AffinePow2<8> Affine8;
+typedef AffinePow2<4> Affine4;
 
 // MLX affine of any width (2, 3, 5, 6 bits): 8 codes are `bits` whole bytes.
 struct AffineAny {
