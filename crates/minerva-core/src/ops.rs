@@ -166,7 +166,7 @@ pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
 fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
     match ids
         .iter()
-        .find(|&&id| usize::try_from(id).is_ok_and(|i| i >= vocab) || id < 0)
+        .find(|&&id| !usize::try_from(id).is_ok_and(|i| i < vocab))
     {
         Some(id) => shape_err(format!(
             "token id {id} is outside the vocabulary of {vocab}"

@@ -231,38 +231,51 @@ pub(crate) fn embedding(table: &Array, ids: &Array) -> Result<Array> {
     Ok(out)
 }
 
-/// Elementwise binary ops with `b` repeating over `a` (op 0: add, 1: mul).
-pub(crate) fn binary(a: &Array, b: &Array, op: i32) -> Result<Array> {
-    let dev = device_of(a)?;
-    let out = Array::empty_cuda(&dev, DType::F32, a.shape())?;
-    let n = a.numel();
-    dev.launch(
-        "binary_bcast",
-        grid_for(n),
-        THREADS,
-        &[
-            &a.device_ptr()?,
-            &b.device_ptr()?,
-            &out.device_ptr()?,
-            &(n as i64),
-            &(b.numel().max(1) as i64),
-            &op,
-        ],
-    )?;
+/// Queues the grid-stride kernel `name(inputs.., out, rest..)` over `n` elements, writing a
+/// fresh f32 `out` of `out_shape` on `like`'s GPU.
+fn map_kernel(
+    name: &'static str,
+    like: &Array,
+    out_shape: &[usize],
+    n: usize,
+    inputs: &[&dyn KernelArg],
+    rest: &[&dyn KernelArg],
+) -> Result<Array> {
+    let dev = device_of(like)?;
+    let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
+    let out_ptr = out.device_ptr()?;
+    let mut args = inputs.to_vec();
+    args.push(&out_ptr);
+    args.extend_from_slice(rest);
+    dev.launch(name, grid_for(n), THREADS, &args)?;
     Ok(out)
 }
 
+/// Elementwise binary ops with `b` repeating over `a` (op 0: add, 1: mul).
+pub(crate) fn binary(a: &Array, b: &Array, op: i32) -> Result<Array> {
+    let n = a.numel();
+    let inputs: [&dyn KernelArg; 2] = [&a.device_ptr()?, &b.device_ptr()?];
+    let m = b.numel().max(1) as i64;
+    map_kernel(
+        "binary_bcast",
+        a,
+        a.shape(),
+        n,
+        &inputs,
+        &[&(n as i64), &m, &op],
+    )
+}
+
 pub(crate) fn scale(x: &Array, s: f32) -> Result<Array> {
-    let dev = device_of(x)?;
-    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
     let n = x.numel();
-    dev.launch(
+    map_kernel(
         "scale_f32",
-        grid_for(n),
-        THREADS,
-        &[&x.device_ptr()?, &out.device_ptr()?, &(n as i64), &s],
-    )?;
-    Ok(out)
+        x,
+        x.shape(),
+        n,
+        &[&x.device_ptr()?],
+        &[&(n as i64), &s],
+    )
 }
 
 /// The gated activations (op 0: silu(a); 1: silu(a) b; 2: clamped SwiGLU of a and b).
@@ -273,24 +286,10 @@ pub(crate) fn activation(
     alpha: f32,
     limit: f32,
 ) -> Result<Array> {
-    let dev = device_of(a)?;
-    let out = Array::empty_cuda(&dev, DType::F32, a.shape())?;
     let n = a.numel();
-    dev.launch(
-        "activation",
-        grid_for(n),
-        THREADS,
-        &[
-            &a.device_ptr()?,
-            &ptr_or_null(b)?,
-            &out.device_ptr()?,
-            &(n as i64),
-            &op,
-            &alpha,
-            &limit,
-        ],
-    )?;
-    Ok(out)
+    let inputs: [&dyn KernelArg; 2] = [&a.device_ptr()?, &ptr_or_null(b)?];
+    let rest: [&dyn KernelArg; 4] = [&(n as i64), &op, &alpha, &limit];
+    map_kernel("activation", a, a.shape(), n, &inputs, &rest)
 }
 
 /// Threads for a kernel that reduces over rows of `d` values (a multiple of 32, ≤ 1024).
@@ -392,7 +391,6 @@ pub(crate) fn deinterleave(x: &Array, half_shape: &[usize]) -> Result<(Array, Ar
 }
 
 pub(crate) fn transpose_last2(x: &Array, out_shape: &[usize]) -> Result<Array> {
-    let dev = device_of(x)?;
     let (a, b) = (x.dim(-2), x.dim(-1));
     let batch = x.numel() / (a * b).max(1);
     let kind = match x.dtype() {
@@ -401,21 +399,15 @@ pub(crate) fn transpose_last2(x: &Array, out_shape: &[usize]) -> Result<Array> {
         DType::BF16 => 2,
         other => return Err(Error::Unsupported(format!("transposing {other} on CUDA"))),
     };
-    let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
-    dev.launch(
+    let rest: [&dyn KernelArg; 4] = [&(batch as i64), &(a as i32), &(b as i32), &kind];
+    map_kernel(
         "transpose_last2",
-        grid_for(x.numel()),
-        THREADS,
-        &[
-            &x.device_ptr()?,
-            &out.device_ptr()?,
-            &(batch as i64),
-            &(a as i32),
-            &(b as i32),
-            &kind,
-        ],
-    )?;
-    Ok(out)
+        x,
+        out_shape,
+        x.numel(),
+        &[&x.device_ptr()?],
+        &rest,
+    )
 }
 
 /// Writes `new` (`[tokens, kv_heads, head_dim]`) into `cache` at `positions`.
@@ -597,21 +589,9 @@ pub(crate) fn top_k_softmax(scores: &Array, k: usize) -> Result<(Array, Array)> 
 
 /// `out[t] = Σ_s w[t, s] y[t, s]` for `y` `[tokens, slots, d]`.
 pub(crate) fn weighted_sum(y: &Array, w: &Array) -> Result<Array> {
-    let dev = device_of(y)?;
     let (tokens, slots, d) = (y.dim(0), y.dim(1), y.dim(2));
-    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, d])?;
-    dev.launch(
-        "weighted_sum",
-        grid_for(tokens * d),
-        THREADS,
-        &[
-            &y.device_ptr()?,
-            &w.device_ptr()?,
-            &out.device_ptr()?,
-            &(slots as i32),
-            &((tokens * d) as i64),
-            &(d as i32),
-        ],
-    )?;
-    Ok(out)
+    let n = tokens * d;
+    let inputs: [&dyn KernelArg; 2] = [&y.device_ptr()?, &w.device_ptr()?];
+    let rest: [&dyn KernelArg; 3] = [&(slots as i32), &(n as i64), &(d as i32)];
+    map_kernel("weighted_sum", y, &[tokens, d], n, &inputs, &rest)
 }

@@ -7,8 +7,18 @@
 
 #define ATTN_WARPS 4
 
-__device__ __forceinline__ float load_kv(const void* c, i64 i, bool half) {
-    return half ? f16_to_f32(((const u16*)c)[i]) : ((const float*)c)[i];
+// The lane's dimensions (lane, lane + 32, ...) of the cached row at `row` (0 past head_dim).
+template <int D, bool HALF>
+__device__ __forceinline__ void load_kv_row(const void* c, i64 row, int lane, int head_dim,
+                                            float* out) {
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        const int dim = lane + 32 * d;
+        const i64 i = row + dim;
+        out[d] = dim >= head_dim ? 0.0f
+                 : HALF          ? f16_to_f32(((const u16*)c)[i])
+                                 : ((const float*)c)[i];
+    }
 }
 
 template <int D, int GMAX, bool HALF>
@@ -49,9 +59,7 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     const i64 base = (i64)h * capacity * HD;
     for (int j = start + warp; j < end; j += ATTN_WARPS) {
         float kr[D], vr[D], sc[GMAX];
-#pragma unroll
-        for (int d = 0; d < D; d++)
-            kr[d] = lane + 32 * d < HD ? load_kv(kc, base + (i64)j * HD + lane + 32 * d, HALF) : 0.0f;
+        load_kv_row<D, HALF>(kc, base + (i64)j * HD, lane, HD, kr);
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g < G) {
@@ -61,9 +69,7 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
                 sc[g] = warp_sum(s) * scale;
             }
         }
-#pragma unroll
-        for (int d = 0; d < D; d++)
-            vr[d] = lane + 32 * d < HD ? load_kv(vc, base + (i64)j * HD + lane + 32 * d, HALF) : 0.0f;
+        load_kv_row<D, HALF>(vc, base + (i64)j * HD, lane, HD, vr);
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g < G) {

@@ -40,39 +40,31 @@ struct DenseHalf {
     }
 };
 
-// GGUF Q4_0: 18-byte blocks, f16 d, 16 bytes of nibbles (low nibbles are values 0..15).
-struct Q4_0 {
+// GGUF Q4_0 (18-byte blocks: f16 d, then 16 bytes of nibbles; x = d (q - 8)) and Q4_1
+// (20-byte blocks: f16 d and m, then the nibbles; x = d q + m). Low nibbles are values 0..15.
+template <bool HAS_MIN>
+struct Q4 {
     static constexpr int VALS = 32;
+    static constexpr int HEAD = HAS_MIN ? 2 : 1;  // u16 words before the nibbles
+    __device__ static float value(float d, float m, u32 q) {
+        return HAS_MIN ? fmaf(d, (float)q, m) : d * ((float)q - 8.0f);
+    }
     __device__ static void decode(const Weight&, const u8* row, i64, int c, float* v) {
-        const u16* b = (const u16*)(row + 18 * (i64)c);
+        const u16* b = (const u16*)(row + 2 * (HEAD + 8) * (i64)c);
         const float d = f16_to_f32(b[0]);
+        const float m = HAS_MIN ? f16_to_f32(b[1]) : 0.0f;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const u32 q = b[1 + i];
-            v[2 * i] = d * ((float)(q & 15) - 8.0f);
-            v[2 * i + 1] = d * ((float)((q >> 8) & 15) - 8.0f);
-            v[2 * i + 16] = d * ((float)((q >> 4) & 15) - 8.0f);
-            v[2 * i + 17] = d * ((float)((q >> 12) & 15) - 8.0f);
+            const u32 q = b[HEAD + i];
+            v[2 * i] = value(d, m, q & 15);
+            v[2 * i + 1] = value(d, m, (q >> 8) & 15);
+            v[2 * i + 16] = value(d, m, (q >> 4) & 15);
+            v[2 * i + 17] = value(d, m, (q >> 12) & 15);
         }
     }
 };
-
-// GGUF Q4_1: 20-byte blocks, f16 d and m, 16 bytes of nibbles; x = d q + m.
-struct Q4_1 {
-    static constexpr int VALS = 32;
-    __device__ static void decode(const Weight&, const u8* row, i64, int c, float* v) {
-        const u16* b = (const u16*)(row + 20 * (i64)c);
-        const float d = f16_to_f32(b[0]), m = f16_to_f32(b[1]);
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const u32 q = b[2 + i];
-            v[2 * i] = fmaf(d, (float)(q & 15), m);
-            v[2 * i + 1] = fmaf(d, (float)((q >> 8) & 15), m);
-            v[2 * i + 16] = fmaf(d, (float)((q >> 4) & 15), m);
-            v[2 * i + 17] = fmaf(d, (float)((q >> 12) & 15), m);
-        }
-    }
-};
+typedef Q4<false> Q4_0;
+typedef Q4<true> Q4_1;
 
 // GGUF Q8_0: 34-byte blocks, f16 d, 32 signed bytes.
 struct Q8_0 {
