@@ -288,6 +288,42 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Milliseconds of GPU time taken by the work `queue` enqueues (events around it; waits
+    /// for it to finish).
+    pub fn time_ms(&self, queue: impl FnOnce() -> Result<()>) -> Result<f64> {
+        self.bind()?;
+        let start = self.record_event()?;
+        let queued = queue();
+        let end = self.record_event()?;
+        let waited = self.synchronize();
+        // SAFETY: both events were recorded on this stream, which has been synchronized;
+        // each is destroyed once, here.
+        let ms = unsafe {
+            let ms = cu::event::elapsed(start, end);
+            let _ = cu::event::destroy(start);
+            let _ = cu::event::destroy(end);
+            ms
+        };
+        queued?;
+        waited?;
+        Ok(ms.map_err(|e| self.err("reading event times", e))? as f64)
+    }
+
+    /// Device memory bandwidth in GB/s (bytes read plus bytes written per second) of a copy
+    /// kernel moving `bytes` between two buffers, best of `reps` after a warm-up.
+    pub fn measure_bandwidth(self: &Arc<Self>, bytes: usize, reps: usize) -> Result<f64> {
+        let bytes = bytes.next_multiple_of(16);
+        let (src, dst) = (self.alloc(bytes)?, self.alloc(bytes)?);
+        self.zero(src.ptr(), bytes)?;
+        let copy = || ops::copy_bytes(self, dst.ptr(), src.ptr(), bytes);
+        copy()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            best = best.min(self.time_ms(copy)?);
+        }
+        Ok(2.0 * bytes as f64 / (best * 1e-3) / 1e9)
+    }
+
     fn record_event(&self) -> Result<sys::CUevent> {
         let event = cu::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
             .map_err(|e| self.err("creating an event", e))?;

@@ -49,11 +49,13 @@ struct WeightArg {
     group: i32,
 }
 
-/// The three kernels generated for one weight format.
+/// The kernels generated for one weight format.
 struct FormatKernels {
     linear1: &'static str,
     linear8: &'static str,
     embed: &'static str,
+    /// The streaming one-token products, (kernel, rows per block), most rows first.
+    matvec: Option<&'static [(&'static str, usize)]>,
 }
 
 macro_rules! format_kernels {
@@ -62,6 +64,13 @@ macro_rules! format_kernels {
             linear1: concat!("linear_", $f, "_1"),
             linear8: concat!("linear_", $f, "_8"),
             embed: concat!("embed_", $f),
+            matvec: None,
+        }
+    };
+    ($f:literal, streaming $($rows:literal)+) => {
+        FormatKernels {
+            matvec: Some(&[$((concat!("matvec_", $f, "_r", $rows), $rows)),+]),
+            ..format_kernels!($f)
         }
     };
 }
@@ -105,12 +114,12 @@ fn weight_arg(w: &Array) -> Result<(WeightArg, FormatKernels)> {
         DType::Affine { bits: b, .. } => {
             bits = b as i32;
             match b {
-                8 => format_kernels!("affine8"),
-                4 => format_kernels!("affine4"),
+                8 => format_kernels!("affine8", streaming 4 1),
+                4 => format_kernels!("affine4", streaming 4 1),
                 _ => format_kernels!("affine_any"),
             }
         }
-        DType::Mxfp4 => format_kernels!("mxfp4"),
+        DType::Mxfp4 => format_kernels!("mxfp4", streaming 16 8 4 1),
         other => return Err(Error::Unsupported(format!("{other} weights on CUDA"))),
     };
     // The 16-byte chunk loads of the MLX formats need 16-byte aligned rows.
@@ -147,6 +156,21 @@ pub(crate) fn linear(
     let tokens = x.numel() / k;
     let (arg, kernels) = weight_arg(w)?;
     let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
+    if let (1, Some(names)) = (tokens, kernels.matvec) {
+        let args = MatvecArgs {
+            w: arg,
+            x: x.device_ptr()?,
+            bias: ptr_or_null(bias)?,
+            y: out.device_ptr()?,
+            n,
+            ids: 0,
+            pairs: 1,
+            slots: 1,
+            x_per_slot: false,
+        };
+        matvec(&dev, names, &args)?;
+        return Ok(out);
+    }
     let (name, tiles) = match tokens {
         1 => (kernels.linear1, 1),
         _ => (kernels.linear8, tokens.div_ceil(TOKEN_TILE)),
@@ -171,6 +195,50 @@ pub(crate) fn linear(
     Ok(out)
 }
 
+/// One streaming product: `pairs` (token, slot) rows of `x` times `w` (gathered by `ids`
+/// when set), `n` outputs each.
+struct MatvecArgs {
+    w: WeightArg,
+    x: u64,
+    bias: u64,
+    y: u64,
+    n: usize,
+    ids: u64,
+    pairs: usize,
+    slots: usize,
+    x_per_slot: bool,
+}
+
+/// Queues a `matvec_*` kernel: the most rows per block that still give every SM two blocks
+/// (the formats offer what measured best on an H100: up to 4 rows for affine, whose
+/// registers run out first, 16 for MXFP4, whose f16 activations cost more to prepare), and a
+/// warp per 32 chunks of a row (at most 8), so each thread loads about one chunk of each row.
+fn matvec(dev: &Arc<CudaDevice>, kernels: &[(&'static str, usize)], a: &MatvecArgs) -> Result<()> {
+    let min_blocks = 2 * dev.multiprocessors() as usize;
+    let (name, rows) = kernels
+        .iter()
+        .copied()
+        .find(|&(_, rows)| a.n.div_ceil(rows) * a.pairs >= min_blocks)
+        .unwrap_or(kernels[kernels.len() - 1]);
+    let chunks = a.w.row_bytes as usize / 16;
+    let warps = chunks.div_ceil(32).clamp(1, 8) as u32;
+    dev.launch(
+        name,
+        (a.n.div_ceil(rows) as u32, a.pairs as u32, 1),
+        32 * warps,
+        &[
+            &a.w,
+            &a.x,
+            &a.bias,
+            &a.y,
+            &(a.n as i32),
+            &a.ids,
+            &(a.slots as i32),
+            &(a.x_per_slot as i32),
+        ],
+    )
+}
+
 /// For each (token, slot) pair, `x @ w[ids[pair]]ᵀ + bias[ids[pair]]`: `w` is a stack
 /// `[experts, n, k]`, `ids` `[tokens, slots]`, and `x` is `[tokens, k]` (shared by the
 /// slots) or `[tokens, slots, k]`. Returns `[tokens, slots, n]`.
@@ -186,6 +254,21 @@ pub(crate) fn gather_linear(
     let per_slot = x.numel() == tokens * slots * k;
     let (arg, kernels) = weight_arg(w)?;
     let out = Array::empty_cuda(&dev, DType::F32, &[tokens, slots, n])?;
+    if let Some(names) = kernels.matvec {
+        let args = MatvecArgs {
+            w: arg,
+            x: x.device_ptr()?,
+            bias: ptr_or_null(bias)?,
+            y: out.device_ptr()?,
+            n,
+            ids: ids.device_ptr()?,
+            pairs: tokens * slots,
+            slots,
+            x_per_slot: per_slot,
+        };
+        matvec(&dev, names, &args)?;
+        return Ok(out);
+    }
     let grid = (
         n.div_ceil(ROWS_PER_BLOCK as usize) as u32,
         (tokens * slots) as u32,
@@ -229,6 +312,14 @@ pub(crate) fn embedding(table: &Array, ids: &Array) -> Result<Array> {
         ],
     )?;
     Ok(out)
+}
+
+/// Copies `bytes` (a multiple of 16) from `src` to `dst` with a kernel (the bandwidth probe;
+/// the driver's own copy is not a kernel and overlaps differently).
+pub(crate) fn copy_bytes(dev: &Arc<CudaDevice>, dst: u64, src: u64, bytes: usize) -> Result<()> {
+    let n = (bytes / 16) as i64;
+    let blocks = 4 * dev.multiprocessors() * (2048 / THREADS);
+    dev.launch("copy_u4", (blocks, 1, 1), THREADS, &[&src, &dst, &n])
 }
 
 /// Queues the grid-stride kernel `name(inputs.., out, rest..)` over `n` elements, writing a

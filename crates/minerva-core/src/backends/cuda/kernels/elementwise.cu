@@ -11,6 +11,11 @@ extern "C" __global__ void binary_bcast(const float* a, const float* b, float* o
     }
 }
 
+// The bandwidth probe: 16-byte loads and stores, n of them.
+extern "C" __global__ void copy_u4(const uint4* __restrict__ src, uint4* __restrict__ dst, i64 n) {
+    GRID_STRIDE(i, n) dst[i] = src[i];
+}
+
 extern "C" __global__ void scale_f32(const float* x, float* out, i64 n, float s) {
     GRID_STRIDE(i, n) out[i] = x[i] * s;
 }

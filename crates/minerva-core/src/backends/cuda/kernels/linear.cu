@@ -258,3 +258,225 @@ WEIGHT_KERNELS(affine8, Affine8)
 WEIGHT_KERNELS(affine4, Affine4)
 WEIGHT_KERNELS(affine_any, AffineAny)
 WEIGHT_KERNELS(mxfp4, Mxfp4)
+
+// ---------------------------------------------------------------------------------------
+// Decode (one token) products for the 16-byte-chunk formats, built to stream weights at
+// memory speed: each warp computes R rows, each lane takes chunks lane, lane + 32, ..., and
+// the chunk's activations are loaded and prepared once for all R rows. Codes become floats
+// without the slow integer-to-float unit (magic-number and byte-permute tricks), and each
+// group's scale and bias are applied once per chunk, not per value:
+//     sum_i x_i (s q_i + b) = s sum_i x_i q_i + b sum_i x_i.
+
+// 2^23 + byte j of `word` as a float (exact); subtracting 2^23 leaves the byte's value.
+__device__ __forceinline__ float byte_as_float(u32 word, int j) {
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | j)) - 8388608.0f;
+}
+
+struct ChunkF32x16 {
+    float x[16];
+    float sum;
+};
+
+// MLX affine 8-bit: 16 codes per chunk, all in one group.
+struct MvAffine8 {
+    static constexpr int VALS = 16;
+    typedef ChunkF32x16 Act;
+    __device__ static void load_act(const float* x, Act& a) {
+        const float4* x4 = (const float4*)x;
+        a.sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float4 v = x4[i];
+            a.x[4 * i] = v.x;
+            a.x[4 * i + 1] = v.y;
+            a.x[4 * i + 2] = v.z;
+            a.x[4 * i + 3] = v.w;
+            a.sum += (v.x + v.y) + (v.z + v.w);
+        }
+    }
+    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) d = fmaf(byte_as_float(words[i >> 2], i & 3), a.x[i], d);
+        const i64 g = g0 + (i64)c * VALS / w.group;
+        return fmaf(load_param(w.scales, w.param_kind, g), d,
+                    load_param(w.biases, w.param_kind, g) * a.sum);
+    }
+};
+
+struct ChunkF32x32 {
+    float x[32];
+    float sum;
+};
+
+// MLX affine 4-bit: 32 codes per chunk, all in one group (groups are at least 32).
+struct MvAffine4 {
+    static constexpr int VALS = 32;
+    typedef ChunkF32x32 Act;
+    __device__ static void load_act(const float* x, Act& a) {
+        const float4* x4 = (const float4*)x;
+        a.sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float4 v = x4[i];
+            a.x[4 * i] = v.x;
+            a.x[4 * i + 1] = v.y;
+            a.x[4 * i + 2] = v.z;
+            a.x[4 * i + 3] = v.w;
+            a.sum += (v.x + v.y) + (v.z + v.w);
+        }
+    }
+    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const u32 code = (words[i >> 3] >> (4 * (i & 7))) & 15u;
+            d = fmaf(__uint_as_float(code | 0x4B000000u) - 8388608.0f, a.x[i], d);
+        }
+        const i64 g = g0 + (i64)c * VALS / w.group;
+        return fmaf(load_param(w.scales, w.param_kind, g), d,
+                    load_param(w.biases, w.param_kind, g) * a.sum);
+    }
+};
+
+// Packed f16 pairs, built in PTX (NVRTC has no cuda_fp16.h here).
+__device__ __forceinline__ u32 f32x2_to_f16x2(float lo, float hi) {
+    u32 r;
+    asm("{cvt.rn.f16x2.f32 %0, %1, %2;}" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("{mul.rn.f16x2 %0, %1, %2;}" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("{fma.rn.f16x2 %0, %1, %2, %3;}" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ float f16x2_sum(u32 h) {
+    return f16_to_f32((u16)(h & 0xffff)) + f16_to_f32((u16)(h >> 16));
+}
+
+// Activations of one MXFP4 chunk as f16 pairs in the order the codes decode (below).
+struct ChunkF16x32 {
+    u32 x[16];
+};
+
+// MXFP4 with f16 products: each code's bits go straight into an f16 (sign to bit 15,
+// exponent and mantissa bits to 11..9), which is the e2m1 value times 2^-14 (subnormal
+// 0.5 included); one multiply by 2^14 makes it exact. Pairs are multiplied with f16
+// activations and each word's eight products summed in f16, then the chunk in f32, as MLX
+// runs gpt-oss with 16-bit activations. A word's nibbles pair as (0,2) (4,6) (1,3) (5,7).
+struct MvMxfp4 {
+    static constexpr int VALS = 32;
+    typedef ChunkF16x32 Act;
+    __device__ static void load_act(const float* x, Act& a) {
+        const float4* x4 = (const float4*)x;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float4 lo = x4[2 * j], hi = x4[2 * j + 1];  // values 8j .. 8j + 7
+            a.x[4 * j] = f32x2_to_f16x2(lo.x, lo.z);
+            a.x[4 * j + 1] = f32x2_to_f16x2(hi.x, hi.z);
+            a.x[4 * j + 2] = f32x2_to_f16x2(lo.y, lo.w);
+            a.x[4 * j + 3] = f32x2_to_f16x2(hi.y, hi.w);
+        }
+    }
+    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+        const u32 two14 = 0x74007400u;  // 2^14 in both halves
+        float d = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const u32 wd = words[j];
+            // One byte per code, sign in bit 7 and magnitude bits in 3..1: even codes, odd.
+            const u32 even = ((wd & 0x07070707u) << 1) | ((wd << 4) & 0x80808080u);
+            const u32 odd = ((wd >> 3) & 0x0E0E0E0Eu) | (wd & 0x80808080u);
+            u32 acc = 0;
+            acc = hfma2(hmul2(__byte_perm(even, 0, 0x1404), two14), a.x[4 * j], acc);
+            acc = hfma2(hmul2(__byte_perm(even, 0, 0x3424), two14), a.x[4 * j + 1], acc);
+            acc = hfma2(hmul2(__byte_perm(odd, 0, 0x1404), two14), a.x[4 * j + 2], acc);
+            acc = hfma2(hmul2(__byte_perm(odd, 0, 0x3424), two14), a.x[4 * j + 3], acc);
+            d += f16x2_sum(acc);
+        }
+        return d * e8m0_to_f32(((const u8*)w.scales)[g0 + c]);
+    }
+};
+
+// A block computes R rows; its threads split the rows into 16-byte chunks (thread t takes
+// chunks t, t + blockDim.x, ...: one or two each on the usual shapes), load that chunk of
+// every row at once (R loads in flight per thread) and prepare its activations once for all
+// R rows; then the block sums each row.
+template <class F, int R>
+__device__ __forceinline__ void matvec_body(const Weight& w, const float* __restrict__ x,
+                                            const float* __restrict__ bias, float* __restrict__ y,
+                                            int n, const int* __restrict__ ids, int slots,
+                                            int x_per_slot) {
+    __shared__ float partial[R][8];  // [row][warp]; blocks have at most 8 warps
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int r0 = blockIdx.x * R;
+    const int k = w.k;
+    const i64 groups_per_row = k / w.group;
+    const u8* codes = w.codes;
+    i64 g_expert = 0;
+    const float* xt = x;
+    float* yt = y;
+    if (ids) {
+        const int pair = blockIdx.y;
+        const int e = ids[pair];
+        codes += (i64)e * w.expert_bytes;
+        g_expert = (i64)e * w.expert_groups;
+        if (bias) bias += (i64)e * n;
+        xt = x + (i64)(x_per_slot ? pair : pair / slots) * k;
+        yt = y + (i64)pair * n;
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    const int chunks = k / F::VALS;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        uint4 q[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int row = min(r0 + r, n - 1);  // rows past n repeat the last; not stored
+            q[r] = ((const uint4*)(codes + (i64)row * w.row_bytes))[c];
+        }
+        typename F::Act a;
+        F::load_act(xt + c * F::VALS, a);
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] += F::dot(w, q[r], g_expert + (i64)min(r0 + r, n - 1) * groups_per_row, c, a);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float s = warp_sum(acc[r]);
+        if (lane == 0) partial[r][warp] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < R && r0 + (int)threadIdx.x < n) {
+        const int r = threadIdx.x;
+        float s = 0.0f;
+        for (int i = 0; i < warps; i++) s += partial[r][i];
+        yt[r0 + r] = s + (bias ? bias[r0 + r] : 0.0f);
+    }
+}
+
+#define MATVEC_KERNEL(NAME, F, R)                                                           \
+    extern "C" __global__ void matvec_##NAME##_r##R(Weight w, const float* x, const float* bias, \
+                                                    float* y, int n, const int* ids, int slots, \
+                                                    int x_per_slot) {                        \
+        matvec_body<F, R>(w, x, bias, y, n, ids, slots, x_per_slot);                         \
+    }
+
+// Rows per block as the launcher offers them (see `matvec` in ops.rs).
+MATVEC_KERNEL(affine8, MvAffine8, 1)
+MATVEC_KERNEL(affine8, MvAffine8, 4)
+MATVEC_KERNEL(affine4, MvAffine4, 1)
+MATVEC_KERNEL(affine4, MvAffine4, 4)
+MATVEC_KERNEL(mxfp4, MvMxfp4, 1)
+MATVEC_KERNEL(mxfp4, MvMxfp4, 4)
+MATVEC_KERNEL(mxfp4, MvMxfp4, 8)
+MATVEC_KERNEL(mxfp4, MvMxfp4, 16)
