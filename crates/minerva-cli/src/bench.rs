@@ -148,7 +148,61 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
         println!("decode ({} tokens): {decode:.1} tok/s", args.gen_tokens);
     }
     if let Device::Cuda(n) = model.device() {
+        if !args.json {
+            roofline(model, &base, args.gen_tokens, n)?;
+        }
         kernel_profile(model, short, args.gen_tokens, max_len, n)?;
+    }
+    Ok(())
+}
+
+/// On a GPU: the device's copy bandwidth, time to first token for a 1k prompt, and decode
+/// speed after 128, 1k and 8k tokens of context against its limit, bytes read per token
+/// over bandwidth.
+fn roofline(
+    model: &dyn CausalLm,
+    text: &[u32],
+    gen_tokens: usize,
+    ordinal: usize,
+) -> anyhow::Result<()> {
+    let gpu = minerva_core::backends::cuda::device(ordinal)?;
+    let bandwidth = gpu.measure_bandwidth(1 << 30, 5)?;
+    println!("{}: copy bandwidth {bandwidth:.0} GB/s", gpu.name());
+    let prompt = |len: usize| -> Vec<u32> { text.iter().copied().cycle().take(len).collect() };
+    let context_length = model.info().context_length;
+    if context_length > 1024 {
+        let first = prompt(1024);
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut cache = ContiguousKvCache::new(model.info(), Some(1025))?;
+            let t = Instant::now();
+            let logits = forward(model, &first, &mut cache, Logits::Last)?;
+            argmax(&logits.to_f32_vec()?);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "time to first token, 1024-token prompt: {:.1} ms",
+            1e3 * median(times)
+        );
+    }
+    for context in [128, 1024, 8192] {
+        if context + gen_tokens >= context_length {
+            break;
+        }
+        let rate = decode_rate(
+            model,
+            &prompt(context),
+            gen_tokens,
+            Some(context + gen_tokens + 1),
+        )?;
+        // The f16 cache holds 2 bytes per value; the middle of the run stands for it.
+        let bytes = model.decode_bytes(context + gen_tokens / 2, 2) as f64;
+        let limit = bandwidth * 1e9 / bytes;
+        println!(
+            "decode at {context} context: {rate:.1} tok/s, {:.3} GB read per token, limit {limit:.0} tok/s, {:.0}% of it",
+            bytes / 1e9,
+            100.0 * rate / limit
+        );
     }
     Ok(())
 }

@@ -46,6 +46,11 @@ pub trait CausalLm: Send + Sync {
     /// Where the weights are.
     fn device(&self) -> Device;
 
+    /// Bytes one decoded token reads at `context` tokens: every weight it uses (one
+    /// embedding row, only the chosen experts) plus the keys and values it attends over,
+    /// stored at `kv_value_bytes` each. Over memory bandwidth, the decode speed limit.
+    fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64;
+
     /// Moves every weight to `device`, calling `progress(bytes_done, bytes_total)` as it goes.
     fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()>;
 }
@@ -71,6 +76,10 @@ macro_rules! decoder_causal_lm {
                 self.decoder.device()
             }
 
+            fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64 {
+                self.decoder.decode_bytes(context, kv_value_bytes)
+            }
+
             fn to_device(
                 &mut self,
                 device: Device,
@@ -91,11 +100,23 @@ pub trait FeedForward: Send + Sync {
 
     /// Every weight array (to move them between devices).
     fn weights_mut(&mut self) -> Vec<&mut Array>;
+
+    /// Weight bytes one token reads.
+    fn decode_bytes(&self) -> u64;
+}
+
+/// Total bytes of `arrays` (codes and group parameters).
+fn bytes_of<'a>(arrays: impl IntoIterator<Item = &'a Array>) -> u64 {
+    arrays.into_iter().map(|a| a.nbytes() as u64).sum()
 }
 
 impl FeedForward for GatedMlp {
     fn forward(&self, x: &Array) -> Result<Array> {
         Ok(GatedMlp::forward(self, x)?)
+    }
+
+    fn decode_bytes(&self) -> u64 {
+        bytes_of([&self.gate, &self.up, &self.down])
     }
 
     fn weights_mut(&mut self) -> Vec<&mut Array> {
@@ -110,6 +131,12 @@ impl FeedForward for Moe {
 
     fn weights_mut(&mut self) -> Vec<&mut Array> {
         Moe::weights_mut(self)
+    }
+
+    fn decode_bytes(&self) -> u64 {
+        let experts = self.router.dim(0) as u64;
+        let all_experts = bytes_of(self.expert_weights());
+        bytes_of([&self.router, &self.router_bias]) + all_experts * self.top_k as u64 / experts
     }
 }
 
@@ -173,6 +200,26 @@ impl<F: FeedForward> Decoder<F> {
 
     pub fn device(&self) -> Device {
         self.embed.device()
+    }
+
+    /// See [`CausalLm::decode_bytes`].
+    pub fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64 {
+        let embed_row = self.embed.nbytes() as u64 / self.embed.dim(0) as u64;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).nbytes() as u64;
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let attn = &b.attn;
+                let seen = attn.window.map_or(context, |w| w.min(context));
+                let kv = 2 * attn.kv_heads * attn.head_dim * seen * kv_value_bytes;
+                bytes_of([&b.attn_norm, &b.mlp_norm])
+                    + attn.weight_bytes()
+                    + b.ffn.decode_bytes()
+                    + kv as u64
+            })
+            .sum();
+        embed_row + blocks + self.norm.nbytes() as u64 + head
     }
 
     /// See [`CausalLm::to_device`]: the blocks in order, then the head.

@@ -40,6 +40,22 @@ impl Attention {
         all
     }
 
+    /// Bytes of every weight (a decoded token reads them all).
+    pub fn weight_bytes(&self) -> u64 {
+        let optional = [
+            &self.q_bias,
+            &self.k_bias,
+            &self.v_bias,
+            &self.o_bias,
+            &self.sinks,
+        ];
+        [&self.q, &self.k, &self.v, &self.o]
+            .into_iter()
+            .chain(optional.into_iter().flatten())
+            .map(|a| a.nbytes() as u64)
+            .sum()
+    }
+
     /// `x` is `[tokens, hidden]` at `positions`; returns `[tokens, hidden]`.
     pub fn forward(
         &self,

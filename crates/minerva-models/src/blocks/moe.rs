@@ -54,6 +54,21 @@ impl Moe {
         all
     }
 
+    /// The stacked expert weights and biases (gate/up, down).
+    pub fn expert_weights(&self) -> Vec<&Array> {
+        let mut all = vec![&self.down, &self.down_bias];
+        match &self.gate_up {
+            GateUp::Interleaved { weight, bias } => all.extend([weight, bias]),
+            GateUp::Separate {
+                gate,
+                gate_bias,
+                up,
+                up_bias,
+            } => all.extend([gate, gate_bias, up, up_bias]),
+        }
+        all
+    }
+
     /// `x` is `[tokens, hidden]`; returns `[tokens, hidden]`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let scores = ops::linear(x, &self.router, Some(&self.router_bias))?;
