@@ -135,8 +135,8 @@ impl FeedForward for Moe {
 
     fn decode_bytes(&self) -> u64 {
         let experts = self.router.dim(0) as u64;
-        let all_experts = bytes_of(self.expert_weights());
-        bytes_of([&self.router, &self.router_bias]) + all_experts * self.top_k as u64 / experts
+        bytes_of([&self.router, &self.router_bias])
+            + self.expert_bytes() * self.top_k as u64 / experts
     }
 }
 

@@ -54,19 +54,19 @@ impl Moe {
         all
     }
 
-    /// The stacked expert weights and biases (gate/up, down).
-    pub fn expert_weights(&self) -> Vec<&Array> {
-        let mut all = vec![&self.down, &self.down_bias];
-        match &self.gate_up {
-            GateUp::Interleaved { weight, bias } => all.extend([weight, bias]),
+    /// Bytes of the stacked expert weights and biases (all experts).
+    pub fn expert_bytes(&self) -> u64 {
+        let gate_up = match &self.gate_up {
+            GateUp::Interleaved { weight, bias } => weight.nbytes() + bias.nbytes(),
+            GateUp::Separate { gate, up, .. } => gate.nbytes() + up.nbytes(),
+        };
+        let gate_up_biases = match &self.gate_up {
             GateUp::Separate {
-                gate,
-                gate_bias,
-                up,
-                up_bias,
-            } => all.extend([gate, gate_bias, up, up_bias]),
-        }
-        all
+                gate_bias, up_bias, ..
+            } => gate_bias.nbytes() + up_bias.nbytes(),
+            GateUp::Interleaved { .. } => 0,
+        };
+        (gate_up + gate_up_biases + self.down.nbytes() + self.down_bias.nbytes()) as u64
     }
 
     /// `x` is `[tokens, hidden]`; returns `[tokens, hidden]`.

@@ -261,8 +261,8 @@ WEIGHT_KERNELS(mxfp4, Mxfp4)
 
 // ---------------------------------------------------------------------------------------
 // Decode (one token) products for the 16-byte-chunk formats, built to stream weights at
-// memory speed: each warp computes R rows, each lane takes chunks lane, lane + 32, ..., and
-// the chunk's activations are loaded and prepared once for all R rows. Codes become floats
+// memory speed: a block computes R rows, each thread takes one 16-byte chunk of each (see
+// matvec_body), and the chunk's activations are loaded and prepared once for all R rows. Codes become floats
 // without the slow integer-to-float unit (magic-number and byte-permute tricks), and each
 // group's scale and bias are applied once per chunk, not per value:
 //     sum_i x_i (s q_i + b) = s sum_i x_i q_i + b sum_i x_i.
@@ -272,61 +272,51 @@ __device__ __forceinline__ float byte_as_float(u32 word, int j) {
     return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | j)) - 8388608.0f;
 }
 
-struct ChunkF32x16 {
-    float x[16];
+// A chunk's activations in f32 and their sum (for the affine biases).
+template <int V>
+struct ChunkF32 {
+    float x[V];
     float sum;
+    __device__ void load(const float* src) {
+        const float4* x4 = (const float4*)src;
+        sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < V / 4; i++) {
+            const float4 v = x4[i];
+            x[4 * i] = v.x;
+            x[4 * i + 1] = v.y;
+            x[4 * i + 2] = v.z;
+            x[4 * i + 3] = v.w;
+            sum += (v.x + v.y) + (v.z + v.w);
+        }
+    }
 };
+
+// s dot + b sum for group g: the chunk's codes dotted with x (dot) and x summed (sum).
+__device__ __forceinline__ float affine_group(const Weight& w, i64 g, float dot, float sum) {
+    return fmaf(load_param(w.scales, w.param_kind, g), dot,
+                load_param(w.biases, w.param_kind, g) * sum);
+}
 
 // MLX affine 8-bit: 16 codes per chunk, all in one group.
 struct MvAffine8 {
     static constexpr int VALS = 16;
-    typedef ChunkF32x16 Act;
-    __device__ static void load_act(const float* x, Act& a) {
-        const float4* x4 = (const float4*)x;
-        a.sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float4 v = x4[i];
-            a.x[4 * i] = v.x;
-            a.x[4 * i + 1] = v.y;
-            a.x[4 * i + 2] = v.z;
-            a.x[4 * i + 3] = v.w;
-            a.sum += (v.x + v.y) + (v.z + v.w);
-        }
-    }
+    typedef ChunkF32<16> Act;
+    __device__ static void load_act(const float* x, Act& a) { a.load(x); }
     __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
         const u32 words[4] = {q.x, q.y, q.z, q.w};
         float d = 0.0f;
 #pragma unroll
         for (int i = 0; i < 16; i++) d = fmaf(byte_as_float(words[i >> 2], i & 3), a.x[i], d);
-        const i64 g = g0 + (i64)c * VALS / w.group;
-        return fmaf(load_param(w.scales, w.param_kind, g), d,
-                    load_param(w.biases, w.param_kind, g) * a.sum);
+        return affine_group(w, g0 + (i64)c * VALS / w.group, d, a.sum);
     }
-};
-
-struct ChunkF32x32 {
-    float x[32];
-    float sum;
 };
 
 // MLX affine 4-bit: 32 codes per chunk, all in one group (groups are at least 32).
 struct MvAffine4 {
     static constexpr int VALS = 32;
-    typedef ChunkF32x32 Act;
-    __device__ static void load_act(const float* x, Act& a) {
-        const float4* x4 = (const float4*)x;
-        a.sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const float4 v = x4[i];
-            a.x[4 * i] = v.x;
-            a.x[4 * i + 1] = v.y;
-            a.x[4 * i + 2] = v.z;
-            a.x[4 * i + 3] = v.w;
-            a.sum += (v.x + v.y) + (v.z + v.w);
-        }
-    }
+    typedef ChunkF32<32> Act;
+    __device__ static void load_act(const float* x, Act& a) { a.load(x); }
     __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
         const u32 words[4] = {q.x, q.y, q.z, q.w};
         float d = 0.0f;
@@ -335,9 +325,7 @@ struct MvAffine4 {
             const u32 code = (words[i >> 3] >> (4 * (i & 7))) & 15u;
             d = fmaf(__uint_as_float(code | 0x4B000000u) - 8388608.0f, a.x[i], d);
         }
-        const i64 g = g0 + (i64)c * VALS / w.group;
-        return fmaf(load_param(w.scales, w.param_kind, g), d,
-                    load_param(w.biases, w.param_kind, g) * a.sum);
+        return affine_group(w, g0 + (i64)c * VALS / w.group, d, a.sum);
     }
 };
 
