@@ -7,7 +7,7 @@ use minerva_core::ops::{self, Rope};
 use minerva_core::{Array, Device};
 
 use crate::blocks::moe::Moe;
-use crate::blocks::{Attention, GatedMlp};
+use crate::blocks::{bytes_of, Attention, GatedMlp};
 
 use crate::error::Result;
 use crate::kv::KvCache;
@@ -105,11 +105,6 @@ pub trait FeedForward: Send + Sync {
     fn decode_bytes(&self) -> u64;
 }
 
-/// Total bytes of `arrays` (codes and group parameters).
-fn bytes_of<'a>(arrays: impl IntoIterator<Item = &'a Array>) -> u64 {
-    arrays.into_iter().map(|a| a.nbytes() as u64).sum()
-}
-
 impl FeedForward for GatedMlp {
     fn forward(&self, x: &Array) -> Result<Array> {
         Ok(GatedMlp::forward(self, x)?)
@@ -204,8 +199,8 @@ impl<F: FeedForward> Decoder<F> {
 
     /// See [`CausalLm::decode_bytes`].
     pub fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64 {
-        let embed_row = self.embed.nbytes() as u64 / self.embed.dim(0) as u64;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed).nbytes() as u64;
+        let embed_row = bytes_of([&self.embed]) / self.embed.dim(0) as u64;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let blocks: u64 = self
             .blocks
             .iter()
@@ -219,7 +214,7 @@ impl<F: FeedForward> Decoder<F> {
                     + kv as u64
             })
             .sum();
-        embed_row + blocks + self.norm.nbytes() as u64 + head
+        embed_row + blocks + bytes_of([&self.norm, head])
     }
 
     /// See [`CausalLm::to_device`]: the blocks in order, then the head.

@@ -4,6 +4,7 @@
 use minerva_core::ops::{self, AttentionOptions, Rope};
 use minerva_core::{Array, Result};
 
+use super::bytes_of;
 use crate::kv::KvCache;
 
 pub struct Attention {
@@ -49,11 +50,11 @@ impl Attention {
             &self.o_bias,
             &self.sinks,
         ];
-        [&self.q, &self.k, &self.v, &self.o]
-            .into_iter()
-            .chain(optional.into_iter().flatten())
-            .map(|a| a.nbytes() as u64)
-            .sum()
+        bytes_of(
+            [&self.q, &self.k, &self.v, &self.o]
+                .into_iter()
+                .chain(optional.into_iter().flatten()),
+        )
     }
 
     /// `x` is `[tokens, hidden]` at `positions`; returns `[tokens, hidden]`.

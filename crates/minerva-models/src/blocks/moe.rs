@@ -5,6 +5,8 @@
 
 use minerva_core::{ops, Array, Result};
 
+use super::bytes_of;
+
 /// The experts' gate and up projections, as checkpoints store them.
 pub enum GateUp {
     /// One `[experts, 2 * inter, hidden]` weight whose rows alternate gate, up, gate, ...
@@ -57,16 +59,15 @@ impl Moe {
     /// Bytes of the stacked expert weights and biases (all experts).
     pub fn expert_bytes(&self) -> u64 {
         let gate_up = match &self.gate_up {
-            GateUp::Interleaved { weight, bias } => weight.nbytes() + bias.nbytes(),
-            GateUp::Separate { gate, up, .. } => gate.nbytes() + up.nbytes(),
-        };
-        let gate_up_biases = match &self.gate_up {
+            GateUp::Interleaved { weight, bias } => bytes_of([weight, bias]),
             GateUp::Separate {
-                gate_bias, up_bias, ..
-            } => gate_bias.nbytes() + up_bias.nbytes(),
-            GateUp::Interleaved { .. } => 0,
+                gate,
+                gate_bias,
+                up,
+                up_bias,
+            } => bytes_of([gate, gate_bias, up, up_bias]),
         };
-        (gate_up + gate_up_biases + self.down.nbytes() + self.down_bias.nbytes()) as u64
+        gate_up + bytes_of([&self.down, &self.down_bias])
     }
 
     /// `x` is `[tokens, hidden]`; returns `[tokens, hidden]`.

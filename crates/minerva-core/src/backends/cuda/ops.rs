@@ -154,77 +154,96 @@ pub(crate) fn linear(
     let dev = device_of(x)?;
     let (n, k) = (w.dim(0), w.dim(1));
     let tokens = x.numel() / k;
-    let (arg, kernels) = weight_arg(w)?;
+    let (w, kernels) = weight_arg(w)?;
     let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
-    if let (1, Some(names)) = (tokens, kernels.matvec) {
-        let args = MatvecArgs {
-            w: arg,
-            x: x.device_ptr()?,
-            bias: ptr_or_null(bias)?,
-            y: out.device_ptr()?,
-            n,
-            ids: 0,
-            pairs: 1,
-            slots: 1,
-            x_per_slot: false,
-        };
-        matvec(&dev, names, &args)?;
-        return Ok(out);
-    }
-    let (name, tiles) = match tokens {
-        1 => (kernels.linear1, 1),
-        _ => (kernels.linear8, tokens.div_ceil(TOKEN_TILE)),
+    let args = ProductArgs {
+        w,
+        x: x.device_ptr()?,
+        bias: ptr_or_null(bias)?,
+        y: out.device_ptr()?,
+        n,
+        tokens,
+        ids: 0,
+        slots: 1,
+        x_per_slot: false,
     };
-    let grid = (n.div_ceil(ROWS_PER_BLOCK as usize) as u32, tiles as u32, 1);
-    dev.launch(
-        name,
-        grid,
-        32 * ROWS_PER_BLOCK,
-        &[
-            &arg,
-            &x.device_ptr()?,
-            &ptr_or_null(bias)?,
-            &out.device_ptr()?,
-            &(n as i32),
-            &(tokens as i32),
-            &0u64,
-            &1i32,
-            &0i32,
-        ],
-    )?;
+    product(&dev, &kernels, &args)?;
     Ok(out)
 }
 
-/// One streaming product: `pairs` (token, slot) rows of `x` times `w` (gathered by `ids`
-/// when set), `n` outputs each.
-struct MatvecArgs {
+/// One weight product as the `linear_*` and `matvec_*` kernels take it: `tokens` rows of `x`
+/// times `w`, `n` outputs each, or, with `ids` set, each (token, slot) pair times its
+/// gathered matrix (`x` per token, or per pair with `x_per_slot`).
+struct ProductArgs {
     w: WeightArg,
     x: u64,
     bias: u64,
     y: u64,
     n: usize,
+    tokens: usize,
     ids: u64,
-    pairs: usize,
     slots: usize,
     x_per_slot: bool,
 }
 
-/// Queues a `matvec_*` kernel: the most rows per block that still give every SM two blocks
-/// (the formats offer what measured best on an H100: up to 4 rows for affine, whose
-/// registers run out first, 16 for MXFP4, whose f16 activations cost more to prepare), and a
-/// warp per 32 chunks of a row (at most 8), so each thread loads about one chunk of each row.
-fn matvec(dev: &Arc<CudaDevice>, kernels: &[(&'static str, usize)], a: &MatvecArgs) -> Result<()> {
+/// Queues the product on the format's streaming kernel where each pass is one token (every
+/// gathered product, and a plain one of one token), else on its warp-per-row kernel (1 or a
+/// tile of tokens per pass).
+fn product(dev: &Arc<CudaDevice>, kernels: &FormatKernels, a: &ProductArgs) -> Result<()> {
+    let gathered = a.ids != 0;
+    let passes = if gathered { a.tokens * a.slots } else { 1 };
+    if let (true, Some(matvec_kernels)) = (gathered || a.tokens == 1, kernels.matvec) {
+        return matvec(dev, matvec_kernels, a, passes);
+    }
+    let (name, grid_y) = match (gathered, a.tokens) {
+        (true, _) => (kernels.linear1, passes),
+        (false, 1) => (kernels.linear1, 1),
+        (false, tokens) => (kernels.linear8, tokens.div_ceil(TOKEN_TILE)),
+    };
+    dev.launch(
+        name,
+        (
+            a.n.div_ceil(ROWS_PER_BLOCK as usize) as u32,
+            grid_y as u32,
+            1,
+        ),
+        32 * ROWS_PER_BLOCK,
+        &[
+            &a.w,
+            &a.x,
+            &a.bias,
+            &a.y,
+            &(a.n as i32),
+            &(a.tokens as i32),
+            &a.ids,
+            &(a.slots as i32),
+            &(a.x_per_slot as i32),
+        ],
+    )
+}
+
+/// Queues a `matvec_*` kernel over `passes` one-token products: the most rows per block
+/// that still give every SM two blocks (the formats offer what measured best on an H100: up
+/// to 4 rows for affine, whose registers run out first, 16 for MXFP4, whose f16 activations
+/// cost more to prepare), and a warp per 32 chunks of a row (at most 8), so each thread
+/// loads about one chunk of each row.
+fn matvec(
+    dev: &Arc<CudaDevice>,
+    kernels: &[(&'static str, usize)],
+    a: &ProductArgs,
+    passes: usize,
+) -> Result<()> {
     let min_blocks = 2 * dev.multiprocessors() as usize;
     let (name, rows) = kernels
         .iter()
         .copied()
-        .find(|&(_, rows)| a.n.div_ceil(rows) * a.pairs >= min_blocks)
+        .find(|&(_, rows)| a.n.div_ceil(rows) * passes >= min_blocks)
         .unwrap_or(kernels[kernels.len() - 1]);
     let chunks = a.w.row_bytes as usize / 16;
     let warps = chunks.div_ceil(32).clamp(1, 8) as u32;
     dev.launch(
         name,
-        (a.n.div_ceil(rows) as u32, a.pairs as u32, 1),
+        (a.n.div_ceil(rows) as u32, passes as u32, 1),
         32 * warps,
         &[
             &a.w,
@@ -251,45 +270,20 @@ pub(crate) fn gather_linear(
     let dev = device_of(x)?;
     let (n, k) = (w.dim(1), w.dim(2));
     let (tokens, slots) = (ids.dim(0), ids.dim(1));
-    let per_slot = x.numel() == tokens * slots * k;
-    let (arg, kernels) = weight_arg(w)?;
+    let (w, kernels) = weight_arg(w)?;
     let out = Array::empty_cuda(&dev, DType::F32, &[tokens, slots, n])?;
-    if let Some(names) = kernels.matvec {
-        let args = MatvecArgs {
-            w: arg,
-            x: x.device_ptr()?,
-            bias: ptr_or_null(bias)?,
-            y: out.device_ptr()?,
-            n,
-            ids: ids.device_ptr()?,
-            pairs: tokens * slots,
-            slots,
-            x_per_slot: per_slot,
-        };
-        matvec(&dev, names, &args)?;
-        return Ok(out);
-    }
-    let grid = (
-        n.div_ceil(ROWS_PER_BLOCK as usize) as u32,
-        (tokens * slots) as u32,
-        1,
-    );
-    dev.launch(
-        kernels.linear1,
-        grid,
-        32 * ROWS_PER_BLOCK,
-        &[
-            &arg,
-            &x.device_ptr()?,
-            &ptr_or_null(bias)?,
-            &out.device_ptr()?,
-            &(n as i32),
-            &(tokens as i32),
-            &ids.device_ptr()?,
-            &(slots as i32),
-            &(per_slot as i32),
-        ],
-    )?;
+    let args = ProductArgs {
+        w,
+        x: x.device_ptr()?,
+        bias: ptr_or_null(bias)?,
+        y: out.device_ptr()?,
+        n,
+        tokens,
+        ids: ids.device_ptr()?,
+        slots,
+        x_per_slot: x.numel() == tokens * slots * k,
+    };
+    product(&dev, &kernels, &args)?;
     Ok(out)
 }
 

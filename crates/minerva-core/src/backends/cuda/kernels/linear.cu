@@ -267,11 +267,6 @@ WEIGHT_KERNELS(mxfp4, Mxfp4)
 // group's scale and bias are applied once per chunk, not per value:
 //     sum_i x_i (s q_i + b) = s sum_i x_i q_i + b sum_i x_i.
 
-// 2^23 + byte j of `word` as a float (exact); subtracting 2^23 leaves the byte's value.
-__device__ __forceinline__ float byte_as_float(u32 word, int j) {
-    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | j)) - 8388608.0f;
-}
-
 // A chunk's activations in f32 and their sum (for the affine biases).
 template <int V>
 struct ChunkF32 {
@@ -298,36 +293,35 @@ __device__ __forceinline__ float affine_group(const Weight& w, i64 g, float dot,
                 load_param(w.biases, w.param_kind, g) * sum);
 }
 
-// MLX affine 8-bit: 16 codes per chunk, all in one group.
-struct MvAffine8 {
-    static constexpr int VALS = 16;
-    typedef ChunkF32<16> Act;
-    __device__ static void load_act(const float* x, Act& a) { a.load(x); }
-    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
-        const u32 words[4] = {q.x, q.y, q.z, q.w};
-        float d = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) d = fmaf(byte_as_float(words[i >> 2], i & 3), a.x[i], d);
-        return affine_group(w, g0 + (i64)c * VALS / w.group, d, a.sum);
+// Code i of a chunk of BITS-bit codes as a float: placed under the exponent of 2^23 (by a
+// byte permute, or a mask for nibbles), then 2^23 subtracted; exact.
+template <int BITS>
+__device__ __forceinline__ float code_as_float(const u32* words, int i) {
+    if (BITS == 8) {
+        return __uint_as_float(__byte_perm(words[i >> 2], 0x4B000000u, 0x7440u | (i & 3))) -
+               8388608.0f;
     }
-};
+    const u32 code = (words[i >> 3] >> (4 * (i & 7))) & 15u;
+    return __uint_as_float(code | 0x4B000000u) - 8388608.0f;
+}
 
-// MLX affine 4-bit: 32 codes per chunk, all in one group (groups are at least 32).
-struct MvAffine4 {
-    static constexpr int VALS = 32;
-    typedef ChunkF32<32> Act;
+// MLX affine 8- or 4-bit: 128 / BITS codes per chunk, all in one group (groups are at least
+// 32 values).
+template <int BITS>
+struct MvAffine {
+    static constexpr int VALS = 128 / BITS;
+    typedef ChunkF32<VALS> Act;
     __device__ static void load_act(const float* x, Act& a) { a.load(x); }
     __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
         const u32 words[4] = {q.x, q.y, q.z, q.w};
         float d = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const u32 code = (words[i >> 3] >> (4 * (i & 7))) & 15u;
-            d = fmaf(__uint_as_float(code | 0x4B000000u) - 8388608.0f, a.x[i], d);
-        }
+        for (int i = 0; i < VALS; i++) d = fmaf(code_as_float<BITS>(words, i), a.x[i], d);
         return affine_group(w, g0 + (i64)c * VALS / w.group, d, a.sum);
     }
 };
+typedef MvAffine<8> MvAffine8;
+typedef MvAffine<4> MvAffine4;
 
 // Packed f16 pairs, built in PTX (NVRTC has no cuda_fp16.h here).
 __device__ __forceinline__ u32 f32x2_to_f16x2(float lo, float hi) {
