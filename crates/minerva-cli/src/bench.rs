@@ -9,7 +9,7 @@ use anyhow::ensure;
 use clap::Args;
 use minerva_core::Device;
 use minerva_engine::sampler::argmax;
-use minerva_engine::{forward, ContiguousKvCache};
+use minerva_engine::{forward, ContiguousKvCache, DecodeStep};
 use minerva_models::{CausalLm, Logits};
 
 use crate::model_path::ModelChoice;
@@ -57,29 +57,41 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Greedy decode speed: prefill `prompt` into a fresh cache, then time `gen_tokens` steps of
-/// one token each. Fails if the logits are not finite (a broken model or checkpoint).
+/// one token each (on a GPU, replays of the captured step). Fails if the logits are not
+/// finite (a broken model or checkpoint), checked after the prompt and after the last step.
 fn decode_rate(
     model: &dyn CausalLm,
     prompt: &[u32],
     gen_tokens: usize,
     max_len: Option<usize>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<DecodeRun> {
     let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
-    let mut step = |tokens: &[u32]| -> anyhow::Result<u32> {
-        let logits = forward(model, tokens, &mut cache, Logits::Last)?;
-        let logits = logits.to_f32_vec()?;
+    let finite = |logits: &[f32]| -> anyhow::Result<u32> {
         ensure!(
             logits.iter().all(|x| x.is_finite()),
             "the model's logits are not finite"
         );
-        Ok(argmax(&logits))
+        Ok(argmax(logits))
     };
-    let mut token = step(prompt)?;
+    let logits = forward(model, prompt, &mut cache, Logits::Last)?;
+    let mut token = finite(&logits.to_f32_vec()?)?;
+    let mut step = DecodeStep::new();
     let t = Instant::now();
     for _ in 0..gen_tokens {
-        token = step(&[token])?;
+        token = step.greedy(model, &mut cache, token)?;
     }
-    Ok(gen_tokens as f64 / t.elapsed().as_secs_f64())
+    let tok_s = gen_tokens as f64 / t.elapsed().as_secs_f64();
+    finite(&step.logits(model, &mut cache, token)?)?;
+    Ok(DecodeRun {
+        tok_s,
+        graph_nodes: step.graph_nodes(),
+    })
+}
+
+struct DecodeRun {
+    tok_s: f64,
+    /// Operations in the captured step, when a graph ran it.
+    graph_nodes: Option<usize>,
 }
 
 pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
@@ -113,7 +125,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 
         Ok((
             prefill,
-            decode_rate(model, short, args.gen_tokens, max_len)?,
+            decode_rate(model, short, args.gen_tokens, max_len)?.tok_s,
         ))
     };
     one_run()?;
@@ -189,12 +201,18 @@ fn roofline(
         if context + gen_tokens >= context_length {
             break;
         }
-        let rate = decode_rate(
+        let run = decode_rate(
             model,
             &prompt(context),
             gen_tokens,
-            Some(context + gen_tokens + 1),
+            Some(context + gen_tokens + 2),
         )?;
+        let rate = run.tok_s;
+        if context == 128 {
+            if let Some(nodes) = run.graph_nodes {
+                println!("decode step: 1 CUDA graph launch of {nodes} operations");
+            }
+        }
         // The f16 cache holds 2 bytes per value; the middle of the run stands for it.
         let bytes = model.decode_bytes(context + gen_tokens / 2, 2) as f64;
         let limit = bandwidth * 1e9 / bytes;
@@ -207,7 +225,8 @@ fn roofline(
     Ok(())
 }
 
-/// With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel over one decode run, per token.
+/// With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel of eager (not graph) decode steps,
+/// per token: where the time of a step goes, and how many launches a graph saves.
 fn kernel_profile(
     model: &dyn CausalLm,
     prompt: &[u32],
@@ -216,17 +235,22 @@ fn kernel_profile(
     ordinal: usize,
 ) -> anyhow::Result<()> {
     let gpu = minerva_core::backends::cuda::device(ordinal)?;
+    let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+    let mut token = argmax(&forward(model, prompt, &mut cache, Logits::Last)?.to_f32_vec()?);
     gpu.take_profile()?;
-    decode_rate(model, prompt, gen_tokens, max_len)?;
+    for _ in 0..gen_tokens {
+        let logits = forward(model, &[token], &mut cache, Logits::Last)?;
+        token = argmax(&logits.to_f32_vec()?);
+    }
     let times = gpu.take_profile()?;
     if times.is_empty() {
         return Ok(());
     }
-    let steps = (gen_tokens + 1) as f64;
+    let steps = gen_tokens as f64;
     let total: f64 = times.iter().map(|t| t.millis).sum();
     let launches: usize = times.iter().map(|t| t.launches).sum();
     println!(
-        "GPU kernel time per token: {:.3} ms in {:.0} launches ({})",
+        "GPU kernel time per eager token: {:.3} ms in {:.0} launches ({})",
         total / steps,
         launches as f64 / steps,
         gpu.name()

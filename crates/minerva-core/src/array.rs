@@ -565,6 +565,49 @@ impl Array {
         Ok(bytemuck::cast_slice_mut(self.host_bytes_mut()?))
     }
 
+    /// Overwrites this array's values with `src`'s (same dtype and shape, on any device) in
+    /// its own buffer, for inputs a captured graph reads at a fixed address. Fails rather
+    /// than copy when the buffer is shared or larger than the array (writing would change
+    /// other arrays, and a copy would move the address).
+    pub fn overwrite(&mut self, src: &Array) -> Result<()> {
+        let range = self.byte_range();
+        let whole = range.start == 0 && range.end == self.storage.len();
+        if src.dtype != self.dtype || src.shape != self.shape || self.quant.is_some() {
+            return Err(Error::Shape(format!(
+                "overwrite: a {} {:?} array with a {} {:?} one",
+                self.dtype, self.shape, src.dtype, src.shape
+            )));
+        }
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
+            return Err(Error::Shape(format!(
+                "overwrite: the {:?} array shares its buffer",
+                self.shape
+            )));
+        }
+        match (
+            Arc::get_mut(&mut self.storage).expect("checked unique"),
+            src.device(),
+        ) {
+            (Storage::Cuda(b), Device::Cpu) => b.device().write(b.ptr(), src.host_bytes()?),
+            (Storage::Cuda(b), Device::Cuda(_)) => {
+                b.device().copy(b.ptr(), src.device_ptr()?, range.len())
+            }
+            (host, from) => {
+                let dst = host
+                    .bytes_mut()
+                    .ok_or_else(|| Error::Unsupported("overwriting a mapped array".into()))?;
+                match from {
+                    Device::Cpu => dst.copy_from_slice(src.host_bytes()?),
+                    Device::Cuda(_) => {
+                        let buf = src.cuda_buffer()?;
+                        buf.device().download(src.device_ptr()?, dst)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn as_i32(&self) -> Result<&[i32]> {
         self.expect_dtype(DType::I32)?;
         Ok(bytemuck::cast_slice(self.host_bytes()?))

@@ -376,6 +376,23 @@ pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
     ))
 }
 
+/// The index of the largest value in each row of `[rows, n]` f32 `x` (ties to the lower
+/// index), as `[rows]` i32: greedy decoding without bringing the logits to the host.
+pub fn argmax(x: &Array) -> Result<Array> {
+    let &[rows, n] = x.shape() else {
+        return shape_err(format!("argmax of {:?}: want [rows, n]", x.shape()));
+    };
+    expect_f32("argmax", x)?;
+    if on_gpu("argmax", &[x])? {
+        return gpu::argmax(x);
+    }
+    let values = x.as_f32()?;
+    let ids: Vec<i32> = (0..rows)
+        .map(|r| elementwise::argmax(&values[r * n..(r + 1) * n]) as i32)
+        .collect();
+    Array::from_i32(&ids, &[rows])
+}
+
 /// Mixture-of-experts routing: per token (row of `[tokens, experts]` scores), the `k`
 /// highest-scoring experts (highest first, ties to the lower index) and softmax weights over
 /// just those. Returns (`[tokens, k]` i32 expert ids, `[tokens, k]` f32 weights).
@@ -696,7 +713,7 @@ pub fn attention(
         expect_f32("attention", q)?;
         // Positions on the device were made by the model's own forward pass; the kernels
         // clamp them into the cache instead of reading them back here.
-        return gpu::attention(q, k, v, kv_len, positions, opts);
+        return gpu::attention(q, k, v, positions, opts);
     }
     let pos = positions.as_i32()?;
     if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= kv_len) {
@@ -735,6 +752,13 @@ mod tests {
         let y = linear(&x, &w, Some(&b)).unwrap();
         assert_eq!(y.as_f32().unwrap(), &[1.5, 2.5, 3.5]);
         assert!(linear(&arr(&[1.0; 3], &[1, 3]), &w, None).is_err());
+    }
+
+    #[test]
+    fn argmax_per_row_ties_to_the_lower_index() {
+        let x = arr(&[1.0, 3.0, 3.0, -1.0, -5.0, -2.0], &[2, 3]);
+        assert_eq!(argmax(&x).unwrap().as_i32().unwrap(), &[1, 0]);
+        assert!(argmax(&arr(&[1.0; 3], &[3])).is_err());
     }
 
     #[test]

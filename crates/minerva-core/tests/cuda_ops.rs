@@ -411,6 +411,83 @@ fn moe_routing_and_mixing() {
 }
 
 #[test]
+fn argmax_rows() {
+    if !gpu_ready("argmax_rows") {
+        return;
+    }
+    let mut rng = Rng(8);
+    // One slice per row, several slices, and a vocabulary the size of gpt-oss's.
+    for (rows, n) in [(1, 7), (3, 4096), (2, 10_000), (1, 201_088)] {
+        let mut values = rng.vec(rows * n);
+        // The maximum twice in the last row, in different slices: the lower index wins.
+        let last = &mut values[(rows - 1) * n..];
+        let (a, b) = (n / 3, n - 1);
+        last[a] = 2.0;
+        last[b] = 2.0;
+        let x = Array::from_f32(&values, &[rows, n]).unwrap();
+        let want = ops::argmax(&x).unwrap();
+        let got = ops::argmax(&gpu(&x)).unwrap();
+        assert_eq!(want.as_i32().unwrap()[rows - 1], a as i32);
+        assert_eq!(
+            got.to_device(Device::Cpu).unwrap().as_i32().unwrap(),
+            want.as_i32().unwrap(),
+            "argmax of [{rows}, {n}]"
+        );
+    }
+}
+
+/// A captured graph replays its work on new inputs written in place, and its scratch
+/// buffers stay its own: arrays made after capture never alias them.
+#[test]
+fn captured_graph_replays_on_new_inputs() {
+    if !gpu_ready("captured_graph_replays_on_new_inputs") {
+        return;
+    }
+    let dev = minerva_core::backends::cuda::device(0).unwrap();
+    let mut rng = Rng(9);
+    let w = gpu(&rng.array(&[37, 64]));
+    let mut x = gpu(&rng.array(&[1, 64]));
+    let mut ids = Array::zeros_on(DType::I32, &[1], GPU).unwrap();
+    let table = gpu(&rng.array(&[11, 37]));
+    // out = argmax(relu-ish(table[id] + w x)): an embedding lookup, a product, scratch.
+    let step = |x: &Array, ids: &Array| -> minerva_core::Result<Array> {
+        let h = ops::linear(x, &w, None)?;
+        let e = ops::embedding(&table, ids)?;
+        let s = ops::add(&h, &e)?;
+        ops::argmax(&ops::mul(&s, &s)?)
+    };
+    let (graph, out) = dev.capture(|| step(&x, &ids)).unwrap();
+    assert!(graph.nodes() >= 5, "{} nodes", graph.nodes());
+    for round in 0..4 {
+        let xv = rng.vec(64);
+        let id = (round * 3 + 1) % 11;
+        // Work queued between replays must not land in the graph's buffers.
+        let noise = gpu(&rng.array(&[1, 37]));
+        let fresh = Array::from_f32(&xv, &[1, 64]).unwrap();
+        let xg = gpu(&fresh);
+        ops::linear(&xg, &w, None).unwrap(); // reuse the pool's free buffers
+        x.overwrite(&xg).unwrap();
+        ids.overwrite(&Array::from_i32(&[id], &[1]).unwrap())
+            .unwrap();
+        graph.launch().unwrap();
+        let eager = step(&xg, &gpu(&Array::from_i32(&[id], &[1]).unwrap())).unwrap();
+        assert_eq!(
+            out.to_device(Device::Cpu).unwrap().as_i32().unwrap(),
+            eager.to_device(Device::Cpu).unwrap().as_i32().unwrap(),
+            "replay {round}"
+        );
+        drop(noise);
+    }
+    // Copies from the host cannot be captured (the graph would replay a stale address).
+    let err = dev
+        .capture(|| rng.array(&[4]).to_device(GPU).map(|_| ()))
+        .err()
+        .expect("a capture that copies from the host fails")
+        .to_string();
+    assert!(err.contains("capturing a graph"), "{err}");
+}
+
+#[test]
 fn kv_cache_writes_and_attention() {
     if !gpu_ready("kv_cache_writes_and_attention") {
         return;

@@ -8,6 +8,7 @@ use minerva_core::Array;
 use minerva_models::tokenizer::Tokenizer;
 use minerva_models::{CausalLm, KvCache, Logits};
 
+use crate::decode_step::DecodeStep;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::ContiguousKvCache;
 use crate::sampler::{Sampler, SamplerConfig};
@@ -131,6 +132,7 @@ pub struct Session<'m> {
     model: &'m dyn CausalLm,
     tokenizer: &'m Tokenizer,
     cache: ContiguousKvCache,
+    decode: DecodeStep,
     tokens: Vec<u32>,
     run: Option<Run<'m>>,
 }
@@ -161,6 +163,7 @@ impl<'m> Session<'m> {
     ) -> Result<Self> {
         Ok(Session {
             cache: ContiguousKvCache::new(model.info(), max_context)?,
+            decode: DecodeStep::new(),
             model,
             tokenizer,
             tokens: Vec::new(),
@@ -266,17 +269,25 @@ impl<'m> Session<'m> {
         if run.generated == run.options.max_tokens {
             return Ok(self.finish(FinishReason::Length, String::new()));
         }
-        let logits = match run.logits.take() {
-            Some(logits) => logits,
+        let (id, logits) = match run.logits.take() {
+            Some(logits) => (run.sampler.sample(&logits, &self.tokens), logits),
             None => {
                 if self.cache.len() == self.cache.max_len() {
                     return Ok(self.finish(FinishReason::ContextFull, String::new()));
                 }
                 let last = *self.tokens.last().expect("a prompt token ran");
-                forward(self.model, &[last], &mut self.cache, Logits::Last)?.to_f32_vec()?
+                let (model, cache) = (self.model, &mut self.cache);
+                if run.sampler.is_argmax() && run.options.logprobs.is_none() {
+                    // Only the id crosses from the device.
+                    let id = self.decode.greedy(model, cache, last)?;
+                    run.sampler.accept(id);
+                    (id, Vec::new())
+                } else {
+                    let logits = self.decode.logits(model, cache, last)?;
+                    (run.sampler.sample(&logits, &self.tokens), logits)
+                }
             }
         };
-        let id = run.sampler.sample(&logits, &self.tokens);
         run.generated += 1;
         if self.tokenizer.is_eog(id) {
             return Ok(self.finish(FinishReason::EndOfText, String::new()));

@@ -66,6 +66,24 @@ impl ContiguousKvCache {
             * self.dtype.block_bytes()
     }
 
+    /// Tokens the storage holds now before it must grow (and move).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Grows the storage, if needed, to hold `tokens` more tokens, so that the next passes
+    /// up to that length write in place; errors when that exceeds `max_len`.
+    pub fn reserve(&mut self, tokens: usize) -> Result<()> {
+        let end = self.len + tokens;
+        if end > self.max_len {
+            return Err(Error::Shape(format!(
+                "context full: {end} tokens exceed the cache's {} tokens",
+                self.max_len
+            )));
+        }
+        self.grow_to(end)
+    }
+
     /// Forgets everything after the first `len` tokens (to reuse a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
@@ -110,15 +128,8 @@ impl KvCache for ContiguousKvCache {
         positions: &Array,
         opts: AttentionOptions<'_>,
     ) -> Result<Array> {
-        let tokens = k.dim(0);
-        let end = self.len + tokens;
-        if end > self.max_len {
-            return Err(Error::Shape(format!(
-                "context full: {end} tokens exceed the cache's {} tokens",
-                self.max_len
-            )));
-        }
-        self.grow_to(end)?;
+        let end = self.len + k.dim(0);
+        self.reserve(k.dim(0))?;
         let (kc, vc) = &mut self.layers[layer];
         ops::write_kv(kc, positions, k)?;
         ops::write_kv(vc, positions, v)?;

@@ -15,6 +15,7 @@
 //! # Ok::<(), minerva_engine::EngineError>(())
 //! ```
 
+pub mod decode_step;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -23,6 +24,7 @@ pub mod reply;
 pub mod sampler;
 mod stop;
 
+pub use decode_step::DecodeStep;
 pub use engine::Engine;
 pub use error::{EngineError, Result};
 pub use generate::{

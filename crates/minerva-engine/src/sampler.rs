@@ -68,10 +68,26 @@ impl Sampler {
         &self.config
     }
 
+    /// Whether this sampler just takes the most likely token of the raw logits (greedy, no
+    /// penalties), which the device can pick without sending the logits to the host.
+    pub fn is_argmax(&self) -> bool {
+        let c = &self.config;
+        c.temperature <= 0.0
+            && c.repetition_penalty == 1.0
+            && c.presence_penalty == 0.0
+            && c.frequency_penalty == 0.0
+    }
+
+    /// Records `token`, picked elsewhere by [`argmax`] as [`is_argmax`](Sampler::is_argmax)
+    /// allows, as this sampler's own choice.
+    pub fn accept(&mut self, token: u32) {
+        *self.produced.entry(token).or_default() += 1;
+    }
+
     /// Picks the next token from `logits`, given the tokens so far (`history`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let token = self.pick(logits, history);
-        *self.produced.entry(token).or_default() += 1;
+        self.accept(token);
         token
     }
 
@@ -176,13 +192,7 @@ fn keep_nucleus(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
 
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    minerva_core::backends::cpu::elementwise::argmax(logits) as u32
 }
 
 #[cfg(test)]

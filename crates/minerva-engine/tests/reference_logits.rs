@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use minerva_core::{DType, Device};
-use minerva_engine::ContiguousKvCache;
+use minerva_engine::{ContiguousKvCache, DecodeStep};
 use minerva_models::{load_model, Logits};
 use serde_json::Value;
 
@@ -62,6 +62,37 @@ fn check_on(device: Device, name: &str, kv_dtype: DType, tolerance: f32) {
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
     check_against(device, &dir, name, &reference, kv_dtype, tolerance);
+    if device != Device::Cpu {
+        check_steps(device, &dir, name, &reference, kv_dtype, tolerance);
+    }
+}
+
+/// The decode steps as generation runs them on a GPU: replays of a captured CUDA graph.
+fn check_steps(
+    device: Device,
+    dir: &Path,
+    name: &str,
+    reference: &Value,
+    kv_dtype: DType,
+    tolerance: f32,
+) {
+    let mut model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
+    model.to_device(device, &mut |_, _| {}).unwrap();
+    let mut cache = ContiguousKvCache::with_dtype(model.info(), None, kv_dtype).unwrap();
+    let prompt = ids(&reference["input_ids"]);
+    model.forward(&prompt, &mut cache, Logits::Last).unwrap();
+    let mut step = DecodeStep::new();
+    let mut decoded = Vec::new();
+    for id in ids(&reference["decode_ids"]) {
+        decoded.extend(step.logits(model.as_ref(), &mut cache, id).unwrap());
+    }
+    assert!(
+        step.graph_nodes().is_some(),
+        "{name}: no graph was captured"
+    );
+    let err = relative_error(&decoded, &rows(&reference["decode_logits"]));
+    eprintln!("{name} on {device} ({kv_dtype} KV), graph replays: decode {err:.2e}");
+    assert!(err <= tolerance, "{name} graph decode: {err:e}");
 }
 
 /// The model at `dir` against `reference` (`input_ids`, `decode_ids`, `logits`,

@@ -43,6 +43,18 @@ pub trait CausalLm: Send + Sync {
     /// model's device.
     fn forward(&self, tokens: &[u32], cache: &mut dyn KvCache, logits: Logits) -> Result<Array>;
 
+    /// [`forward`](CausalLm::forward) with the token ids (`[n]` i32, trusted to be in the
+    /// vocabulary when on a GPU) and their positions (`[n]` i32, from `cache.len()` on) as
+    /// arrays on the model's device, so a captured graph can replay the pass with new values
+    /// written into the same buffers.
+    fn forward_ids(
+        &self,
+        ids: &Array,
+        positions: &Array,
+        cache: &mut dyn KvCache,
+        logits: Logits,
+    ) -> Result<Array>;
+
     /// Where the weights are.
     fn device(&self) -> Device;
 
@@ -70,6 +82,16 @@ macro_rules! decoder_causal_lm {
                 logits: Logits,
             ) -> Result<Array> {
                 self.decoder.forward(tokens, cache, logits)
+            }
+
+            fn forward_ids(
+                &self,
+                ids: &Array,
+                positions: &Array,
+                cache: &mut dyn KvCache,
+                logits: Logits,
+            ) -> Result<Array> {
+                self.decoder.forward_ids(ids, positions, cache, logits)
             }
 
             fn device(&self) -> Device {
@@ -162,24 +184,43 @@ impl<F: FeedForward> Decoder<F> {
         cache: &mut dyn KvCache,
         logits: Logits,
     ) -> Result<Array> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(
-                minerva_core::Error::Shape("forward needs at least one token".into()).into(),
-            );
-        }
         let start = cache.len();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = (start..start + n).map(|p| p as i32).collect();
+        let positions: Vec<i32> = (start..start + tokens.len()).map(|p| p as i32).collect();
         // Positions go to the weights' device once per pass; every layer reads them there.
-        let positions = Array::from_i32(&positions, &[n])?.to_device(self.embed.device())?;
+        // The ids stay on the host so that the embedding checks them against the vocabulary.
+        let positions = Array::from_i32(&positions, &[tokens.len()])?.to_device(self.device())?;
+        self.forward_ids(
+            &Array::from_i32(&ids, &[ids.len()])?,
+            &positions,
+            cache,
+            logits,
+        )
+    }
+
+    /// See [`CausalLm::forward_ids`].
+    pub fn forward_ids(
+        &self,
+        ids: &Array,
+        positions: &Array,
+        cache: &mut dyn KvCache,
+        logits: Logits,
+    ) -> Result<Array> {
+        let n = ids.numel();
+        if n == 0 || positions.shape() != [n] {
+            return Err(minerva_core::Error::Shape(format!(
+                "forward: {n} tokens at {:?} positions (need at least one, one each)",
+                positions.shape()
+            ))
+            .into());
+        }
         let eps = self.rms_eps;
-        let mut x = ops::embedding(&self.embed, &Array::from_i32(&ids, &[n])?)?;
+        let mut x = ops::embedding(&self.embed, ids)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
             let attended = block
                 .attn
-                .forward(&h, &positions, &self.rope, cache, layer)?;
+                .forward(&h, positions, &self.rope, cache, layer)?;
             x = ops::add(&x, &attended)?;
             let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
             x = ops::add(&x, &block.ffn.forward(&h)?)?;

@@ -96,6 +96,18 @@ pub fn silu(x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The index of the largest value (the first of equal ones; 0 when none compares larger
+/// than the first, e.g. an empty or all-NaN row).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// The `k` highest scores of `row` (highest first, ties to the lower index) with softmax
 /// weights over just those.
 pub fn top_k_softmax(row: &[f32], k: usize) -> Vec<(usize, f32)> {

@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 
 /// Every kernel, in one translation unit (one compile, one module).
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 5] = [
     include_str!("kernels/common.cuh"),
     include_str!("kernels/linear.cu"),
     include_str!("kernels/elementwise.cu"),
     include_str!("kernels/attention.cu"),
+    include_str!("kernels/sampling.cu"),
 ];
 
 /// Places NVRTC is commonly installed when it is not on the loader's path.

@@ -7,17 +7,20 @@
 //! out again at once: every later use is queued behind every earlier one.
 
 mod compile;
+mod graph;
 pub(crate) mod ops;
 mod pool;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys, CudaContext};
 
 use crate::{Error, Result};
 
+pub use graph::CudaGraph;
 pub(crate) use pool::DeviceBuffer;
 
 /// The oldest driver whose API the bindings were generated for (CUDA 13.0).
@@ -36,6 +39,8 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<&'static str, sys::CUfunction>>,
     /// With `MINERVA_CUDA_PROFILE=1`: each launch's kernel name and start/end events.
     profile: Option<Mutex<Vec<TimedLaunch>>>,
+    /// Set while work is captured into a graph (see [`CudaDevice::capture`]).
+    capturing: AtomicBool,
 }
 
 /// A launch between two recorded events.
@@ -149,6 +154,7 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             profile: (std::env::var("MINERVA_CUDA_PROFILE").as_deref() == Ok("1"))
                 .then(|| Mutex::new(Vec::new())),
+            capturing: AtomicBool::new(false),
         })
     }
 
@@ -184,6 +190,7 @@ impl CudaDevice {
     /// Waits until all queued work has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        self.not_capturing("waiting for the device")?;
         // SAFETY: the stream belongs to this device's context, which is current.
         unsafe { cu::stream::synchronize(self.stream) }.map_err(|e| self.err("synchronize", e))
     }
@@ -207,18 +214,36 @@ impl CudaDevice {
     /// A copy of host bytes on the device.
     pub(crate) fn upload(self: &Arc<Self>, bytes: &[u8]) -> Result<DeviceBuffer> {
         let buf = self.alloc(bytes.len())?;
-        if !bytes.is_empty() {
-            // SAFETY: `buf` holds at least `bytes.len()` bytes; a copy from pageable memory
-            // returns once the source has been read, so `bytes` may go away afterwards.
-            unsafe { cu::memcpy_htod_async(buf.ptr(), bytes, self.stream) }
-                .map_err(|e| self.err("copying to the device", e))?;
-        }
+        self.write(buf.ptr(), bytes)?;
         Ok(buf)
+    }
+
+    /// Copies host bytes to device address `dst` (queued; `bytes` may go away at return).
+    pub(crate) fn write(&self, dst: u64, bytes: &[u8]) -> Result<()> {
+        self.bind()?;
+        self.not_capturing("copying from the host")?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller passes an address inside a live buffer with `bytes.len()` bytes
+        // after it; a copy from pageable memory returns once the source has been read.
+        unsafe { cu::memcpy_htod_async(dst, bytes, self.stream) }
+            .map_err(|e| self.err("copying to the device", e))
+    }
+
+    /// A graph replays copies from the host on the host addresses of capture time, which
+    /// are gone by then; reading back would wait for work that does not run. Both are bugs.
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.is_capturing() {
+            return Err(self.err(what, "not allowed while capturing a graph"));
+        }
+        Ok(())
     }
 
     /// Copies `out.len()` bytes at device address `src` to the host, waiting for them.
     pub(crate) fn download(&self, src: u64, out: &mut [u8]) -> Result<()> {
         self.bind()?;
+        self.not_capturing("copying to the host")?;
         if out.is_empty() {
             return Ok(());
         }
@@ -271,9 +296,11 @@ impl CudaDevice {
         self.bind()?;
         let f = self.function(name)?;
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.param()).collect();
+        // Captured launches are not timed: their events would not be replayed.
         let timed = self
             .profile
             .as_ref()
+            .filter(|_| !self.is_capturing())
             .map(|_| self.record_event())
             .transpose()?;
         // SAFETY: every kernel in the module is launched through typed wrappers in

@@ -579,12 +579,12 @@ fn attention_kernel(head_dim: usize, group: usize, half: bool) -> Result<&'stati
 }
 
 /// Causal GQA attention of `q` (`[tokens, heads, head_dim]`) over caches `[kv_heads,
-/// capacity, head_dim]` of which `kv_len` positions are valid; `[tokens, heads * head_dim]`.
+/// capacity, head_dim]`, each query seeing the positions up to its own; `[tokens, heads *
+/// head_dim]`.
 pub(crate) fn attention(
     q: &Array,
     k: &Array,
     v: &Array,
-    kv_len: usize,
     positions: &Array,
     opts: AttentionOptions<'_>,
 ) -> Result<Array> {
@@ -597,8 +597,11 @@ pub(crate) fn attention(
     };
     let group = heads / kv_heads;
     let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;
-    let visible = opts.window.map_or(kv_len, |w| w.min(kv_len));
     // Decode needs the keys split to fill the GPU; prompts already bring a block per token.
+    // The split count follows the cache's capacity, not the tokens cached, so a captured decode step
+    // replays unchanged as the context grows (the kernel finds the visible keys from the
+    // positions on the device; splits past them do nothing).
+    let visible = opts.window.map_or(capacity, |w| w.min(capacity));
     let splits = match tokens {
         1 => visible.div_ceil(KEYS_PER_SPLIT).clamp(1, MAX_SPLITS),
         _ => 1,
@@ -679,4 +682,46 @@ pub(crate) fn weighted_sum(y: &Array, w: &Array) -> Result<Array> {
     let inputs: [&dyn KernelArg; 2] = [&y.device_ptr()?, &w.device_ptr()?];
     let rest: [&dyn KernelArg; 3] = [&(slots as i32), &(n as i64), &(d as i32)];
     map_kernel("weighted_sum", y, &[tokens, d], n, &inputs, &rest)
+}
+
+/// Values each block of the first argmax stage scans (16 per thread).
+const ARGMAX_SPAN: usize = 4096;
+
+/// The index of the largest value of each row of `[rows, n]` f32 `x`, as `[rows]` i32: a
+/// block per slice of a row, then a block per row over the slices (a single block per row
+/// would read a 201k-token vocabulary at one multiprocessor's bandwidth).
+pub(crate) fn argmax(x: &Array) -> Result<Array> {
+    let dev = device_of(x)?;
+    let (rows, n) = (x.dim(0), x.dim(1));
+    let parts = n.div_ceil(ARGMAX_SPAN).max(1);
+    let part_v = Array::empty_cuda(&dev, DType::F32, &[rows, parts])?;
+    let part_i = Array::empty_cuda(&dev, DType::I32, &[rows, parts])?;
+    let ids = Array::empty_cuda(&dev, DType::I32, &[rows])?;
+    if rows == 0 {
+        return Ok(ids);
+    }
+    dev.launch(
+        "argmax_partial",
+        (parts as u32, rows as u32, 1),
+        256,
+        &[
+            &x.device_ptr()?,
+            &part_v.device_ptr()?,
+            &part_i.device_ptr()?,
+            &(n as i32),
+            &(ARGMAX_SPAN as i32),
+        ],
+    )?;
+    dev.launch(
+        "argmax_final",
+        (rows as u32, 1, 1),
+        (parts.next_multiple_of(32)).min(1024) as u32,
+        &[
+            &part_v.device_ptr()?,
+            &part_i.device_ptr()?,
+            &ids.device_ptr()?,
+            &(parts as i32),
+        ],
+    )?;
+    Ok(ids)
 }

@@ -2,9 +2,14 @@
 //! of to the driver, so a decode step reuses the same few buffers every token without a
 //! `cuMemAlloc` (which synchronizes). Reuse is safe because the device has one stream: work
 //! that reads a reused buffer is queued after all work on its previous owner.
+//!
+//! A captured graph breaks that argument: it replays its kernels later, on the addresses they
+//! had during capture. So while a graph is captured, buffers come from an [`Arena`] that the
+//! graph keeps alive; buffers freed during capture go back to the arena (the graph's own
+//! later kernels may reuse them, in capture order), never to the shared free lists.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::result as cu;
 
@@ -21,11 +26,56 @@ pub(super) struct Pool {
     cached: usize,
     in_use: usize,
     peak: usize,
+    /// Where allocations come from while a graph is being captured.
+    capture: Option<Arc<Arena>>,
+}
+
+/// Device memory private to one captured graph: every buffer allocated during its capture.
+/// Freed when the graph and every array still holding one of its buffers are gone.
+pub(crate) struct Arena {
+    device: Arc<CudaDevice>,
+    free: Mutex<HashMap<usize, Vec<u64>>>,
+    /// Every allocation, by (address, size class).
+    owned: Mutex<Vec<(u64, usize)>>,
+}
+
+impl Arena {
+    pub(super) fn new(device: &Arc<CudaDevice>) -> Arc<Arena> {
+        Arc::new(Arena {
+            device: Arc::clone(device),
+            free: Mutex::default(),
+            owned: Mutex::default(),
+        })
+    }
+
+    /// Bytes this arena holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.owned.lock().expect("arena").iter().map(|o| o.1).sum()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let owned = std::mem::take(&mut *self.owned.lock().expect("arena"));
+        let _ = self.device.bind();
+        let mut pool = self.device.pool.lock().expect("pool");
+        for (ptr, class) in owned {
+            pool.in_use -= class;
+            // SAFETY: no array holds these buffers any more (each holds the arena alive) and
+            // the graph that used them is destroyed; cuMemFree waits for queued work.
+            let _ = unsafe { cu::free_sync(ptr) };
+        }
+    }
 }
 
 impl Pool {
     pub(super) fn usage(&self) -> (usize, usize, usize) {
         (self.in_use, self.cached, self.peak)
+    }
+
+    /// Sends every allocation to `arena` until it is called again with `None`.
+    pub(super) fn capture_into(&mut self, arena: Option<Arc<Arena>>) {
+        self.capture = arena;
     }
 
     /// Returns every cached buffer to the driver.
@@ -61,6 +111,8 @@ pub(crate) struct DeviceBuffer {
     ptr: u64,
     len: usize,
     class: usize,
+    /// The captured graph's arena this buffer came from (and goes back to).
+    arena: Option<Arc<Arena>>,
 }
 
 impl DeviceBuffer {
@@ -79,6 +131,11 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
+        if let Some(arena) = &self.arena {
+            let mut free = arena.free.lock().expect("arena");
+            free.entry(self.class).or_default().push(self.ptr);
+            return;
+        }
         let mut pool = self.device.pool.lock().expect("pool");
         pool.in_use -= self.class;
         if self.class >= RETURN_TO_DRIVER {
@@ -96,6 +153,9 @@ impl Drop for DeviceBuffer {
 pub(super) fn alloc(device: &Arc<CudaDevice>, len: usize) -> Result<DeviceBuffer> {
     let class = size_class(len);
     let mut pool = device.pool.lock().expect("pool");
+    if let Some(arena) = pool.capture.clone() {
+        return alloc_in_arena(device, &mut pool, arena, len, class);
+    }
     let reused = pool.free.get_mut(&class).and_then(Vec::pop);
     let ptr = match reused {
         Some(p) => {
@@ -129,6 +189,48 @@ pub(super) fn alloc(device: &Arc<CudaDevice>, len: usize) -> Result<DeviceBuffer
         ptr,
         len,
         class,
+        arena: None,
+    })
+}
+
+/// A buffer for a graph being captured: a free one of the arena's, or a new one (a plain
+/// `cuMemAlloc` is allowed during a relaxed capture; trimming the pool, which frees, is not).
+fn alloc_in_arena(
+    device: &Arc<CudaDevice>,
+    pool: &mut Pool,
+    arena: Arc<Arena>,
+    len: usize,
+    class: usize,
+) -> Result<DeviceBuffer> {
+    let reused = arena
+        .free
+        .lock()
+        .expect("arena")
+        .get_mut(&class)
+        .and_then(Vec::pop);
+    let ptr = match reused {
+        Some(p) => p,
+        None => {
+            // SAFETY: plain device allocation in the current context (the caller bound it).
+            let p = unsafe { cu::malloc_sync(class) }.map_err(|e| {
+                Error::Device(format!(
+                    "cuda:{}: out of device memory while capturing a graph: {:.1} MiB wanted ({e})",
+                    device.ordinal,
+                    len as f64 / 1048576.0
+                ))
+            })?;
+            arena.owned.lock().expect("arena").push((p, class));
+            pool.in_use += class;
+            pool.peak = pool.peak.max(pool.in_use);
+            p
+        }
+    };
+    Ok(DeviceBuffer {
+        device: Arc::clone(device),
+        ptr,
+        len,
+        class,
+        arena: Some(arena),
     })
 }
 
