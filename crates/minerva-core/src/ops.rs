@@ -12,6 +12,9 @@ use crate::{Array, DType, Device, Error, Result};
 
 pub use crate::backends::cpu::elementwise::RopeStyle;
 
+mod experts;
+pub use experts::{mixture_of_experts, ExpertGateUp, SwigluExperts};
+
 fn shape_err<T>(msg: String) -> Result<T> {
     Err(Error::Shape(msg))
 }

@@ -10,7 +10,7 @@
 //! multiply in f16 (activations rounded to f16, relative 4.9e-4, eight products summed in
 //! f16, as MLX runs gpt-oss with 16-bit activations): 2e-3 there, like the f16 cache.
 
-use minerva_core::ops::{self, AttentionOptions, Rope, RopeStyle};
+use minerva_core::ops::{self, AttentionOptions, ExpertGateUp, Rope, RopeStyle, SwigluExperts};
 use minerva_core::{Array, DType, Device};
 
 const GPU: Device = Device::Cuda(0);
@@ -165,8 +165,8 @@ fn linear_every_weight_format() {
         return;
     }
     let mut rng = Rng(1);
-    // The last three shapes take the kernels with 4, 8 and 16 rows per block (on a 132-SM
-    // GPU), each with a partial last block.
+    // The last three shapes take the streaming kernels with 1, 2 and 4 rows per warp (on a
+    // 132-SM GPU), each with a partial last block; k = 2880 needs two batches of chunks.
     for (n, k) in [
         (37, 128),
         (64, 256),
@@ -226,6 +226,103 @@ fn gather_linear_reads_the_chosen_experts() {
                 &cpu,
                 product_tolerance(&name),
             );
+        }
+    }
+}
+
+/// The fused expert kernels (both gate/up layouts, 4 and more than 4 experts per token)
+/// against the CPU's composition of plain ops with the weights dequantized.
+#[test]
+fn mixture_of_experts_fused() {
+    if !gpu_ready("mixture_of_experts_fused") {
+        return;
+    }
+    let mut rng = Rng(10);
+    // (experts, hidden, inter, tokens, experts per token)
+    for (experts, hidden, inter, tokens, k) in
+        [(8, 256, 192, 1, 4), (6, 128, 320, 3, 4), (9, 64, 128, 2, 6)]
+    {
+        let mut ids = Vec::new();
+        for t in 0..tokens {
+            ids.extend((0..k).map(|j| ((t * 5 + j * 7) % experts) as i32));
+        }
+        let ids = Array::from_i32(&ids, &[tokens, k]).unwrap();
+        let mix = ops::softmax(&rng.array(&[tokens, k])).unwrap();
+        let x = ops::scale(&rng.array(&[tokens, hidden]), 2.0).unwrap();
+        for dtype in [
+            DType::Mxfp4,
+            DType::Affine { bits: 8, group: 64 },
+            DType::Affine { bits: 4, group: 32 },
+        ] {
+            let mut quant = |shape: &[usize]| ops::quantize(&rng.array(shape), dtype).unwrap();
+            let (gate_up, down) = (
+                quant(&[experts, 2 * inter, hidden]),
+                quant(&[experts, hidden, inter]),
+            );
+            let (gate, up) = (
+                quant(&[experts, inter, hidden]),
+                quant(&[experts, inter, hidden]),
+            );
+            let biases = [
+                rng.array(&[experts, 2 * inter]),
+                rng.array(&[experts, inter]),
+                rng.array(&[experts, inter]),
+                rng.array(&[experts, hidden]),
+            ];
+            let layouts = |at: &dyn Fn(&Array) -> Array| {
+                [
+                    ExpertGateUp::Interleaved {
+                        weight: at(&gate_up),
+                        bias: at(&biases[0]),
+                    },
+                    ExpertGateUp::Separate {
+                        gate: at(&gate),
+                        gate_bias: at(&biases[1]),
+                        up: at(&up),
+                        up_bias: at(&biases[2]),
+                    },
+                ]
+            };
+            let (on_cpu, on_gpu) = (layouts(&dequantized), layouts(&gpu));
+            let (down_cpu, down_gpu) = (dequantized(&down), gpu(&down));
+            let bias_gpu = gpu(&biases[3]);
+            for (cpu_layout, gpu_layout) in on_cpu.iter().zip(&on_gpu) {
+                let stack = |gate_up, down, down_bias| SwigluExperts {
+                    gate_up,
+                    down,
+                    down_bias,
+                    alpha: 1.702,
+                    limit: 7.0,
+                };
+                let want = ops::mixture_of_experts(
+                    &x,
+                    &stack(cpu_layout, &down_cpu, &biases[3]),
+                    &ids,
+                    &mix,
+                )
+                .unwrap();
+                let got = ops::mixture_of_experts(
+                    &gpu(&x),
+                    &stack(gpu_layout, &down_gpu, &bias_gpu),
+                    &gpu(&ids),
+                    &gpu(&mix),
+                )
+                .unwrap();
+                let what = format!(
+                    "mixture_of_experts {dtype} {} tokens {tokens} top-{k}",
+                    match cpu_layout {
+                        ExpertGateUp::Interleaved { .. } => "interleaved",
+                        ExpertGateUp::Separate { .. } => "separate",
+                    }
+                );
+                eprintln!("{what}: relative error {:.1e}", relative_error(&got, &want));
+                let name = if dtype == DType::Mxfp4 {
+                    "mxfp4"
+                } else {
+                    "affine"
+                };
+                assert_close(&what, &got, &want, product_tolerance(name));
+            }
         }
     }
 }

@@ -3,23 +3,13 @@
 //! chosen scores. Each expert is a clamped SwiGLU MLP with biases. Only the chosen experts'
 //! weights are read.
 
-use minerva_core::{ops, Array, Result};
+use minerva_core::ops::{self, SwigluExperts};
+use minerva_core::{Array, Result};
 
 use super::bytes_of;
 
 /// The experts' gate and up projections, as checkpoints store them.
-pub enum GateUp {
-    /// One `[experts, 2 * inter, hidden]` weight whose rows alternate gate, up, gate, ...
-    /// (transformers and OpenAI's release), with a `[experts, 2 * inter]` bias.
-    Interleaved { weight: Array, bias: Array },
-    /// Separate `[experts, inter, hidden]` weights and `[experts, inter]` biases (MLX).
-    Separate {
-        gate: Array,
-        gate_bias: Array,
-        up: Array,
-        up_bias: Array,
-    },
-}
+pub use minerva_core::ops::ExpertGateUp as GateUp;
 
 pub struct Moe {
     /// `[experts, hidden]` and `[experts]`.
@@ -74,23 +64,13 @@ impl Moe {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let scores = ops::linear(x, &self.router, Some(&self.router_bias))?;
         let (experts, weights) = ops::top_k_softmax(&scores, self.top_k)?;
-        // [tokens, top_k, inter] each: every token through each of its chosen experts.
-        let (gate, up) = match &self.gate_up {
-            GateUp::Interleaved { weight, bias } => {
-                ops::deinterleave(&ops::gather_linear(x, weight, Some(bias), &experts)?)?
-            }
-            GateUp::Separate {
-                gate,
-                gate_bias,
-                up,
-                up_bias,
-            } => (
-                ops::gather_linear(x, gate, Some(gate_bias), &experts)?,
-                ops::gather_linear(x, up, Some(up_bias), &experts)?,
-            ),
+        let stack = SwigluExperts {
+            gate_up: &self.gate_up,
+            down: &self.down,
+            down_bias: &self.down_bias,
+            alpha: self.alpha,
+            limit: self.limit,
         };
-        let h = ops::clamped_swiglu(&gate, &up, self.alpha, self.limit)?;
-        let y = ops::gather_linear(&h, &self.down, Some(&self.down_bias), &experts)?;
-        ops::weighted_sum(&y, &weights)
+        ops::mixture_of_experts(x, &stack, &experts, &weights)
     }
 }

@@ -16,6 +16,9 @@ const ROWS_PER_BLOCK: u32 = 4;
 const TOKEN_TILE: usize = 8;
 const THREADS: u32 = 256;
 
+mod experts;
+pub(crate) use experts::mixture_of_experts;
+
 fn device_of(a: &Array) -> Result<Arc<CudaDevice>> {
     Ok(Arc::clone(a.cuda_buffer()?.device()))
 }
@@ -222,29 +225,19 @@ fn product(dev: &Arc<CudaDevice>, kernels: &FormatKernels, a: &ProductArgs) -> R
     )
 }
 
-/// Queues a `matvec_*` kernel over `passes` one-token products: the most rows per block
-/// that still give every SM two blocks (the formats offer what measured best on an H100: up
-/// to 4 rows for affine, whose registers run out first, 16 for MXFP4, whose f16 activations
-/// cost more to prepare), and a warp per 32 chunks of a row (at most 8), so each thread
-/// loads about one chunk of each row.
+/// Queues a `matvec_*` kernel over `passes` one-token products (see [`rows_per_block`] and
+/// [`chunk_threads`]).
 fn matvec(
     dev: &Arc<CudaDevice>,
     kernels: &[(&'static str, usize)],
     a: &ProductArgs,
     passes: usize,
 ) -> Result<()> {
-    let min_blocks = 2 * dev.multiprocessors() as usize;
-    let (name, rows) = kernels
-        .iter()
-        .copied()
-        .find(|&(_, rows)| a.n.div_ceil(rows) * passes >= min_blocks)
-        .unwrap_or(kernels[kernels.len() - 1]);
-    let chunks = a.w.row_bytes as usize / 16;
-    let warps = chunks.div_ceil(32).clamp(1, 8) as u32;
+    let (name, rows) = rows_per_block(dev, kernels, a.n, passes);
     dev.launch(
         name,
         (a.n.div_ceil(rows) as u32, passes as u32, 1),
-        32 * warps,
+        chunk_threads(&a.w),
         &[
             &a.w,
             &a.x,
@@ -256,6 +249,31 @@ fn matvec(
             &(a.x_per_slot as i32),
         ],
     )
+}
+
+/// Of streaming kernels that compute R rows per block (most rows first), the one with the
+/// most rows that still gives every SM two blocks over `n` rows in each of `passes`. The
+/// formats offer what measured best on an H100: up to 4 rows for affine, whose registers
+/// run out first, 16 for MXFP4, whose f16 activations cost more to prepare.
+fn rows_per_block(
+    dev: &CudaDevice,
+    kernels: &[(&'static str, usize)],
+    n: usize,
+    passes: usize,
+) -> (&'static str, usize) {
+    let min_blocks = 2 * dev.multiprocessors() as usize;
+    kernels
+        .iter()
+        .copied()
+        .find(|&(_, rows)| n.div_ceil(rows) * passes >= min_blocks)
+        .unwrap_or(kernels[kernels.len() - 1])
+}
+
+/// Threads of a streaming block: a warp per 32 chunks of a row (at most 8), so each thread
+/// loads about one chunk of each row.
+fn chunk_threads(w: &WeightArg) -> u32 {
+    let chunks = w.row_bytes as usize / 16;
+    32 * chunks.div_ceil(32).clamp(1, 8) as u32
 }
 
 /// For each (token, slot) pair, `x @ w[ids[pair]]ᵀ + bias[ids[pair]]`: `w` is a stack

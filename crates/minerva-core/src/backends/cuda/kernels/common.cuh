@@ -73,3 +73,11 @@ __device__ __forceinline__ float load_param(const void* p, int kind, i64 i) {
         default: return e8m0_to_f32(((const u8*)p)[i]);
     }
 }
+
+// gpt-oss's SwiGLU of one gate/up pair: (clamp(u, +-limit) + 1) * g * sigmoid(alpha g) with
+// g = min(gate, limit).
+__device__ __forceinline__ float clamped_swiglu(float gate, float up, float alpha, float limit) {
+    const float g = fminf(gate, limit);
+    const float u = fminf(fmaxf(up, -limit), limit);
+    return (u + 1.0f) * g / (1.0f + expf(-alpha * g));
+}

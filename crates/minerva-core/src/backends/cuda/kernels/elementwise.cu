@@ -30,9 +30,7 @@ extern "C" __global__ void activation(const float* a, const float* b, float* out
         } else if (op == 1) {
             out[i] = g / (1.0f + expf(-g)) * b[i];
         } else {
-            const float gc = fminf(g, limit);
-            const float u = fminf(fmaxf(b[i], -limit), limit);
-            out[i] = (u + 1.0f) * gc / (1.0f + expf(-alpha * gc));
+            out[i] = clamped_swiglu(g, b[i], alpha, limit);
         }
     }
 }
