@@ -248,6 +248,28 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
     Ok(out)
 }
 
+/// The residual stream after a sublayer and its RMS norm for the next one: (`x + y`,
+/// `rms_norm(x + y, weight, eps)`), in one pass where the backend fuses it.
+pub fn add_rms_norm(x: &Array, y: &Array, weight: &Array, eps: f32) -> Result<(Array, Array)> {
+    if x.shape() != y.shape() || weight.shape() != [x.dim(-1)] {
+        return shape_err(format!(
+            "add_rms_norm: x {:?}, y {:?}, weight {:?}",
+            x.shape(),
+            y.shape(),
+            weight.shape()
+        ));
+    }
+    if on_gpu("add_rms_norm", &[x, y, weight])? {
+        for a in [x, y, weight] {
+            expect_f32("add_rms_norm", a)?;
+        }
+        return gpu::add_rms_norm(x, y, weight, eps);
+    }
+    let sum = add(x, y)?;
+    let normed = rms_norm(&sum, weight, eps)?;
+    Ok((sum, normed))
+}
+
 /// Rotary position embedding: per-pair inverse frequencies (with any context-extension
 /// scaling already applied), the pairing style, and YaRN's magnitude scale.
 #[derive(Clone, Debug)]

@@ -397,6 +397,10 @@ fn elementwise_and_row_ops() {
             &norm,
             1e-5,
         );
+        let (sum, normed) = ops::add_rms_norm(&a, &b, &row, 1e-5).unwrap();
+        let (gsum, gnormed) = ops::add_rms_norm(&ga, &gb, &grow, 1e-5).unwrap();
+        assert_close("add_rms_norm sum", &gsum, &sum, 1e-6);
+        assert_close("add_rms_norm norm", &gnormed, &normed, 1e-5);
         let big = ops::scale(&a, 8.0).unwrap();
         assert_close(
             "softmax",

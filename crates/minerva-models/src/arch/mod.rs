@@ -215,23 +215,28 @@ impl<F: FeedForward> Decoder<F> {
             .into());
         }
         let eps = self.rms_eps;
+        // The residual stream x, and h = x normalized for the next sublayer: each sublayer's
+        // output is added to the stream and the sum normalized in one step.
         let mut x = ops::embedding(&self.embed, ids)?;
+        let first_norm = self.blocks.first().map_or(&self.norm, |b| &b.attn_norm);
+        let mut h = ops::rms_norm(&x, first_norm, eps)?;
         for (layer, block) in self.blocks.iter().enumerate() {
-            let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
             let attended = block
                 .attn
                 .forward(&h, positions, &self.rope, cache, layer)?;
-            x = ops::add(&x, &attended)?;
-            let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-            x = ops::add(&x, &block.ffn.forward(&h)?)?;
+            (x, h) = ops::add_rms_norm(&x, &attended, &block.mlp_norm, eps)?;
+            let next_norm = self
+                .blocks
+                .get(layer + 1)
+                .map_or(&self.norm, |b| &b.attn_norm);
+            (x, h) = ops::add_rms_norm(&x, &block.ffn.forward(&h)?, next_norm, eps)?;
         }
         cache.advance(n);
         if logits == Logits::Last {
-            x = ops::slice_rows(&x, n - 1, 1)?;
+            h = ops::slice_rows(&h, n - 1, 1)?;
         }
-        let x = ops::rms_norm(&x, &self.norm, eps)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(ops::linear(&x, lm_head, None)?)
+        Ok(ops::linear(&h, lm_head, None)?)
     }
 
     pub fn device(&self) -> Device {

@@ -417,7 +417,15 @@ fn row_kernel(name: &'static str, x: &Array, extra: &[&dyn KernelArg]) -> Result
 }
 
 pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
-    row_kernel("rms_norm", x, &[&w.device_ptr()?, &eps])
+    row_kernel("rms_norm", x, &[&0u64, &0u64, &w.device_ptr()?, &eps])
+}
+
+/// (`x + y`, its RMS norm) in one launch.
+pub(crate) fn add_rms_norm(x: &Array, y: &Array, w: &Array, eps: f32) -> Result<(Array, Array)> {
+    let sum = Array::empty_cuda(&device_of(x)?, DType::F32, x.shape())?;
+    let args: [&dyn KernelArg; 4] = [&y.device_ptr()?, &sum.device_ptr()?, &w.device_ptr()?, &eps];
+    let normed = row_kernel("rms_norm", x, &args)?;
+    Ok((sum, normed))
 }
 
 pub(crate) fn softmax(x: &Array) -> Result<Array> {

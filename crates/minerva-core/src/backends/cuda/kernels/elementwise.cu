@@ -35,14 +35,21 @@ extern "C" __global__ void activation(const float* a, const float* b, float* out
     }
 }
 
-// One block per row of d values.
-extern "C" __global__ void rms_norm(const float* x, float* out, int d, const float* w, float eps) {
-    const float* xr = x + (i64)blockIdx.x * d;
-    float* o = out + (i64)blockIdx.x * d;
+// One block per row of d values: out = RMSNorm(x) * w, or with y set, sum = x + y (the
+// residual stream after a sublayer) and out = RMSNorm(sum) * w, in one pass.
+extern "C" __global__ void rms_norm(const float* x, float* out, int d, const float* y, float* sum,
+                                    const float* w, float eps) {
+    const i64 row = (i64)blockIdx.x * d;
+    const float* xr = x + row;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const float v = y ? xr[i] + y[row + i] : xr[i];
+        if (y) sum[row + i] = v;
+        ss += v * v;
+    }
     const float inv = 1.0f / sqrtf(block_sum(ss) / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = xr[i] * inv * w[i];
+    const float* s = y ? sum + row : xr;  // each thread reads back only what it wrote
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[row + i] = s[i] * inv * w[i];
 }
 
 // One block per row of d values.
