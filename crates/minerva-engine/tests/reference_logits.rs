@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use minerva_core::{DType, Device};
 use minerva_engine::{ContiguousKvCache, DecodeStep};
-use minerva_models::{load_model, Logits};
+use minerva_models::{load_model, CausalLm, Logits};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -76,9 +76,7 @@ fn check_steps(
     kv_dtype: DType,
     tolerance: f32,
 ) {
-    let mut model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
-    model.to_device(device, &mut |_, _| {}).unwrap();
-    let mut cache = ContiguousKvCache::with_dtype(model.info(), None, kv_dtype).unwrap();
+    let (model, mut cache) = loaded(device, dir, kv_dtype);
     let prompt = ids(&reference["input_ids"]);
     model.forward(&prompt, &mut cache, Logits::Last).unwrap();
     let mut step = DecodeStep::new();
@@ -95,6 +93,14 @@ fn check_steps(
     assert!(err <= tolerance, "{name} graph decode: {err:e}");
 }
 
+/// The model at `dir` on `device` and an empty cache of `kv_dtype` for it.
+fn loaded(device: Device, dir: &Path, kv_dtype: DType) -> (Box<dyn CausalLm>, ContiguousKvCache) {
+    let mut model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
+    model.to_device(device, &mut |_, _| {}).unwrap();
+    let cache = ContiguousKvCache::with_dtype(model.info(), None, kv_dtype).unwrap();
+    (model, cache)
+}
+
 /// The model at `dir` against `reference` (`input_ids`, `decode_ids`, `logits`,
 /// `decode_logits`); returns the (prefill, decode) errors.
 fn check_against(
@@ -105,9 +111,7 @@ fn check_against(
     kv_dtype: DType,
     tolerance: f32,
 ) -> (f32, f32) {
-    let mut model = load_model(dir).unwrap_or_else(|e| panic!("{e}"));
-    model.to_device(device, &mut |_, _| {}).unwrap();
-    let mut cache = ContiguousKvCache::with_dtype(model.info(), None, kv_dtype).unwrap();
+    let (model, mut cache) = loaded(device, dir, kv_dtype);
 
     let prompt = ids(&reference["input_ids"]);
     let logits = model.forward(&prompt, &mut cache, Logits::All).unwrap();

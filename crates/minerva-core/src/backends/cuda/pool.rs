@@ -73,6 +73,11 @@ impl Pool {
         (self.in_use, self.cached, self.peak)
     }
 
+    fn count_in_use(&mut self, class: usize) {
+        self.in_use += class;
+        self.peak = self.peak.max(self.in_use);
+    }
+
     /// Sends every allocation to `arena` until it is called again with `None`.
     pub(super) fn capture_into(&mut self, arena: Option<Arc<Arena>>) {
         self.capture = arena;
@@ -116,6 +121,22 @@ pub(crate) struct DeviceBuffer {
 }
 
 impl DeviceBuffer {
+    fn new(
+        device: &Arc<CudaDevice>,
+        ptr: u64,
+        len: usize,
+        class: usize,
+        arena: Option<Arc<Arena>>,
+    ) -> DeviceBuffer {
+        DeviceBuffer {
+            device: Arc::clone(device),
+            ptr,
+            len,
+            class,
+            arena,
+        }
+    }
+
     pub(crate) fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -182,15 +203,8 @@ pub(super) fn alloc(device: &Arc<CudaDevice>, len: usize) -> Result<DeviceBuffer
             }
         },
     };
-    pool.in_use += class;
-    pool.peak = pool.peak.max(pool.in_use);
-    Ok(DeviceBuffer {
-        device: Arc::clone(device),
-        ptr,
-        len,
-        class,
-        arena: None,
-    })
+    pool.count_in_use(class);
+    Ok(DeviceBuffer::new(device, ptr, len, class, None))
 }
 
 /// A buffer for a graph being captured: a free one of the arena's, or a new one (a plain
@@ -220,18 +234,11 @@ fn alloc_in_arena(
                 ))
             })?;
             arena.owned.lock().expect("arena").push((p, class));
-            pool.in_use += class;
-            pool.peak = pool.peak.max(pool.in_use);
+            pool.count_in_use(class);
             p
         }
     };
-    Ok(DeviceBuffer {
-        device: Arc::clone(device),
-        ptr,
-        len,
-        class,
-        arena: Some(arena),
-    })
+    Ok(DeviceBuffer::new(device, ptr, len, class, Some(arena)))
 }
 
 #[cfg(test)]
