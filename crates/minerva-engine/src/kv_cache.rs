@@ -128,8 +128,9 @@ impl KvCache for ContiguousKvCache {
         positions: &Array,
         opts: AttentionOptions<'_>,
     ) -> Result<Array> {
-        let end = self.len + k.dim(0);
-        self.reserve(k.dim(0))?;
+        let tokens = k.dim(0);
+        self.reserve(tokens)?;
+        let end = self.len + tokens;
         let (kc, vc) = &mut self.layers[layer];
         ops::write_kv(kc, positions, k)?;
         ops::write_kv(vc, positions, v)?;

@@ -19,7 +19,8 @@ use crate::Result;
 pub struct CudaGraph {
     device: Arc<CudaDevice>,
     exec: sys::CUgraphExec,
-    arena: Arc<Arena>,
+    /// Held so that the scratch and outputs the graph's kernels use outlive it.
+    _arena: Arc<Arena>,
     nodes: usize,
 }
 
@@ -57,7 +58,7 @@ impl CudaDevice {
         let captured = CudaGraph {
             device: Arc::clone(self),
             exec,
-            arena,
+            _arena: arena,
             nodes,
         };
         Ok((captured, out))
@@ -140,11 +141,6 @@ impl CudaGraph {
     /// Operations (kernels, copies, memsets) one launch runs.
     pub fn nodes(&self) -> usize {
         self.nodes
-    }
-
-    /// Device memory private to this graph (its scratch and outputs), in bytes.
-    pub fn arena_bytes(&self) -> usize {
-        self.arena.bytes()
     }
 }
 

@@ -47,11 +47,6 @@ impl Arena {
             owned: Mutex::default(),
         })
     }
-
-    /// Bytes this arena holds.
-    pub(crate) fn bytes(&self) -> usize {
-        self.owned.lock().expect("arena").iter().map(|o| o.1).sum()
-    }
 }
 
 impl Drop for Arena {

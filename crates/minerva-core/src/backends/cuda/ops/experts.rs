@@ -21,14 +21,19 @@ struct ExpertRowsArg {
 
 /// One projection of a stack `[experts, rows, k]`: its rows `offset, offset + step, ...`.
 fn expert_rows(w: &Array, bias: &Array, step: usize, offset: i32) -> Result<ExpertRowsArg> {
-    let (experts, rows) = (w.dim(0), w.dim(1));
-    if w.shape().len() != 3 || bias.shape() != [experts, rows] || bias.dtype() != DType::F32 {
-        return Err(Error::Shape(format!(
+    let bad = || {
+        Error::Shape(format!(
             "mixture_of_experts: weight {:?} with {} bias {:?}",
             w.shape(),
             bias.dtype(),
             bias.shape()
-        )));
+        ))
+    };
+    let &[experts, rows, _] = w.shape() else {
+        return Err(bad());
+    };
+    if bias.shape() != [experts, rows] || bias.dtype() != DType::F32 {
+        return Err(bad());
     }
     Ok(ExpertRowsArg {
         w: weight_arg(w)?.0,
