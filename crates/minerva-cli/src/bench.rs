@@ -163,7 +163,8 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
         if !args.json {
             roofline(model, &base, args.gen_tokens, n)?;
         }
-        kernel_profile(model, short, args.gen_tokens, max_len, n)?;
+        let long: Vec<u32> = base.iter().copied().cycle().take(1024).collect();
+        kernel_profile(model, (short, &long), args.gen_tokens, max_len, n)?;
     }
     Ok(())
 }
@@ -225,42 +226,67 @@ fn roofline(
     Ok(())
 }
 
-/// With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel of eager (not graph) decode steps,
-/// per token: where the time of a step goes, and how many launches a graph saves.
+/// With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel of a prompt (`long`, the 1k-token one
+/// of the time to first token) and of eager (not graph) decode steps, per token: where the
+/// time goes, and how many launches a graph saves.
 fn kernel_profile(
     model: &dyn CausalLm,
-    prompt: &[u32],
+    (short, long): (&[u32], &[u32]),
     gen_tokens: usize,
     max_len: Option<usize>,
     ordinal: usize,
 ) -> anyhow::Result<()> {
     let gpu = minerva_core::backends::cuda::device(ordinal)?;
+    if !gpu.is_profiling() {
+        return Ok(());
+    }
+    gpu.take_profile()?;
+    if long.len() < model.info().context_length {
+        let mut cache = ContiguousKvCache::new(model.info(), Some(long.len() + 1))?;
+        forward(model, long, &mut cache, Logits::Last)?;
+        let title = format!("GPU kernel time of a {}-token prompt", long.len());
+        show_profile(&title, &gpu, 1.0, "prompt")?;
+    }
     let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
-    let mut token = argmax(&forward(model, prompt, &mut cache, Logits::Last)?.to_f32_vec()?);
+    let mut token = argmax(&forward(model, short, &mut cache, Logits::Last)?.to_f32_vec()?);
     gpu.take_profile()?;
     for _ in 0..gen_tokens {
         let logits = forward(model, &[token], &mut cache, Logits::Last)?;
         token = argmax(&logits.to_f32_vec()?);
     }
+    show_profile(
+        "GPU kernel time per eager token",
+        &gpu,
+        gen_tokens as f64,
+        "token",
+    )
+}
+
+/// Prints the kernel times logged since the last call, divided by `per`.
+fn show_profile(
+    title: &str,
+    gpu: &minerva_core::backends::cuda::CudaDevice,
+    per: f64,
+    unit: &str,
+) -> anyhow::Result<()> {
     let times = gpu.take_profile()?;
     if times.is_empty() {
         return Ok(());
     }
-    let steps = gen_tokens as f64;
     let total: f64 = times.iter().map(|t| t.millis).sum();
     let launches: usize = times.iter().map(|t| t.launches).sum();
     println!(
-        "GPU kernel time per eager token: {:.3} ms in {:.0} launches ({})",
-        total / steps,
-        launches as f64 / steps,
+        "{title}: {:.3} ms in {:.0} launches ({})",
+        total / per,
+        launches as f64 / per,
         gpu.name()
     );
     for t in &times {
         println!(
-            "  {:<28} {:>8.1} us/token {:>6.1} launches/token",
+            "  {:<28} {:>9.1} us/{unit} {:>7.1} launches/{unit}",
             t.name,
-            1e3 * t.millis / steps,
-            t.launches as f64 / steps
+            1e3 * t.millis / per,
+            t.launches as f64 / per
         );
     }
     Ok(())

@@ -18,12 +18,6 @@ const SOURCES: [&str; 6] = [
     include_str!("kernels/sampling.cu"),
 ];
 
-/// Places NVRTC is commonly installed when it is not on the loader's path.
-const NVRTC_DIRS: [&str; 2] = [
-    "/usr/local/cuda/lib64",
-    "/usr/local/cuda/targets/x86_64-linux/lib",
-];
-
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
@@ -43,38 +37,12 @@ fn cache_dir() -> Option<PathBuf> {
     Some(home.join("cuda"))
 }
 
-/// Makes libnvrtc loadable: on the default path, or found under the usual CUDA folders (or
-/// `$CUDA_HOME/lib64`) and loaded once so that later lookups by name find it.
+/// Makes libnvrtc loadable (see [`super::libraries`]).
 fn nvrtc_ready() -> Result<(), String> {
-    // SAFETY: only tries to dlopen NVRTC by its usual names.
-    if unsafe { rtc_sys::is_culib_present() } {
-        return Ok(());
-    }
-    let mut dirs: Vec<PathBuf> = NVRTC_DIRS.iter().map(PathBuf::from).collect();
-    if let Some(home) = std::env::var_os("CUDA_HOME") {
-        dirs.insert(0, PathBuf::from(home).join("lib64"));
-    }
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("libnvrtc.so.") && !name.contains("alt") {
-                // SAFETY: loading NVRTC runs only its own initializers; the library stays
-                // loaded for the life of the process (leaked on purpose) so the bindings'
-                // lookup by soname finds it.
-                if let Ok(lib) = unsafe { libloading::Library::new(entry.path()) } {
-                    std::mem::forget(lib);
-                    // SAFETY: as at the top.
-                    if unsafe { rtc_sys::is_culib_present() } {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-    Err("NVRTC (libnvrtc.so) was not found; add CUDA's lib64 folder to LD_LIBRARY_PATH or set CUDA_HOME".into())
+    // SAFETY: `is_culib_present` only tries to dlopen NVRTC by its usual names.
+    super::libraries::ready("NVRTC", "libnvrtc.so.", || unsafe {
+        rtc_sys::is_culib_present()
+    })
 }
 
 fn nvrtc_version() -> (i32, i32) {

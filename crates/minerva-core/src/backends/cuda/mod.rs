@@ -6,8 +6,10 @@
 //! goes to the device's one stream in order, so a buffer returned to the pool may be handed
 //! out again at once: every later use is queued behind every earlier one.
 
+mod blas;
 mod compile;
 mod graph;
+mod libraries;
 pub(crate) mod ops;
 mod pool;
 
@@ -41,6 +43,8 @@ pub struct CudaDevice {
     profile: Option<Mutex<Vec<TimedLaunch>>>,
     /// Set while work is captured into a graph (see [`CudaDevice::capture`]).
     capturing: AtomicBool,
+    /// cuBLAS, opened at the first prompt product (`None`: not available here).
+    blas: OnceLock<Option<blas::Blas>>,
 }
 
 /// A launch between two recorded events.
@@ -155,6 +159,7 @@ impl CudaDevice {
             profile: (std::env::var("MINERVA_CUDA_PROFILE").as_deref() == Ok("1"))
                 .then(|| Mutex::new(Vec::new())),
             capturing: AtomicBool::new(false),
+            blas: OnceLock::new(),
         })
     }
 
@@ -296,23 +301,56 @@ impl CudaDevice {
         self.bind()?;
         let f = self.function(name)?;
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.param()).collect();
-        // Captured launches are not timed: their events would not be replayed.
+        self.profiled(name, || {
+            // SAFETY: every kernel in the module is launched through typed wrappers in
+            // `ops.rs` whose argument lists mirror the kernel's parameters; device pointers
+            // come from live buffers that outlive the queued work (see the pool's ordering).
+            unsafe { cu::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, &mut params) }
+                .map_err(|e| self.err(&format!("launching {name}"), e))
+        })
+    }
+
+    /// Queues `work`, between two events logged under `name` when profiling. Captured work
+    /// is not timed: its events would not be replayed.
+    fn profiled(&self, name: &'static str, work: impl FnOnce() -> Result<()>) -> Result<()> {
         let timed = self
             .profile
             .as_ref()
             .filter(|_| !self.is_capturing())
             .map(|_| self.record_event())
             .transpose()?;
-        // SAFETY: every kernel in the module is launched through typed wrappers in
-        // `ops.rs` whose argument lists mirror the kernel's parameters; device pointers
-        // come from live buffers that outlive the queued work (see the pool's ordering).
-        unsafe { cu::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, &mut params) }
-            .map_err(|e| self.err(&format!("launching {name}"), e))?;
+        work()?;
         if let (Some(start), Some(log)) = (timed, &self.profile) {
             let end = self.record_event()?;
             log.lock().expect("profile").push((name, start, end));
         }
         Ok(())
+    }
+
+    /// Whether products of prompts can go to cuBLAS (see [`CudaDevice::blas`]).
+    pub fn has_blas(&self) -> bool {
+        self.blas().is_some()
+    }
+
+    /// cuBLAS on this device's stream, opened on first use; `None` (said once on stderr)
+    /// where it cannot be loaded or `MINERVA_CUDA_BLAS=0` turns it off.
+    fn blas(&self) -> Option<&blas::Blas> {
+        self.blas
+            .get_or_init(|| {
+                if std::env::var("MINERVA_CUDA_BLAS").as_deref() == Ok("0") {
+                    return None;
+                }
+                self.bind().ok()?;
+                blas::Blas::new(self.stream)
+                    .map_err(|why| {
+                        eprintln!(
+                            "minerva: cuda:{}: {why}; prompts use Minerva's own (slower) product kernels",
+                            self.ordinal
+                        )
+                    })
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Milliseconds of GPU time taken by the work `queue` enqueues (events around it; waits
@@ -358,6 +396,11 @@ impl CudaDevice {
         unsafe { cu::event::record(event, self.stream) }
             .map_err(|e| self.err("recording an event", e))?;
         Ok(event)
+    }
+
+    /// Whether launches are timed (`MINERVA_CUDA_PROFILE=1` when the device was opened).
+    pub fn is_profiling(&self) -> bool {
+        self.profile.is_some()
     }
 
     /// GPU time per kernel since the last call, slowest first (empty unless the device was

@@ -17,6 +17,7 @@ const TOKEN_TILE: usize = 8;
 const THREADS: u32 = 256;
 
 mod experts;
+mod gemm;
 pub(crate) use experts::mixture_of_experts;
 
 fn device_of(a: &Array) -> Result<Arc<CudaDevice>> {
@@ -57,6 +58,8 @@ struct FormatKernels {
     linear1: &'static str,
     linear8: &'static str,
     embed: &'static str,
+    /// Decodes rows to f16 for tensor-core products.
+    dequant: &'static str,
     /// The streaming one-token products, (kernel, rows per block), most rows first.
     matvec: Option<&'static [(&'static str, usize)]>,
 }
@@ -67,12 +70,14 @@ macro_rules! format_kernels {
             linear1: concat!("linear_", $f, "_1"),
             linear8: concat!("linear_", $f, "_8"),
             embed: concat!("embed_", $f),
+            dequant: concat!("dequant_f16_", $f),
             matvec: None,
         }
     };
     ($f:literal, streaming $($rows:literal)+) => {
         FormatKernels {
             matvec: Some(&[$((concat!("matvec_", $f, "_r", $rows), $rows)),+]),
+            dequant: concat!("dequant8_f16_", $f),
             ..format_kernels!($f)
         }
     };
@@ -157,8 +162,11 @@ pub(crate) fn linear(
     let dev = device_of(x)?;
     let (n, k) = (w.dim(0), w.dim(1));
     let tokens = x.numel() / k;
-    let (w, kernels) = weight_arg(w)?;
     let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
+    if gemm::linear(&dev, x, w, bias, &out)? {
+        return Ok(out);
+    }
+    let (w, kernels) = weight_arg(w)?;
     let args = ProductArgs {
         w,
         x: x.device_ptr()?,
@@ -369,6 +377,17 @@ pub(crate) fn binary(a: &Array, b: &Array, op: i32) -> Result<Array> {
     )
 }
 
+/// Adds `bias` (one row) to each row of the `n` f32 values at `y`, in place.
+fn add_rows(dev: &CudaDevice, y: u64, bias: &Array, n: usize) -> Result<()> {
+    let m = bias.numel().max(1) as i64;
+    dev.launch(
+        "binary_bcast",
+        grid_for(n),
+        THREADS,
+        &[&y, &bias.device_ptr()?, &y, &(n as i64), &m, &0i32],
+    )
+}
+
 pub(crate) fn scale(x: &Array, s: f32) -> Result<Array> {
     let n = x.numel();
     map_kernel(
@@ -574,6 +593,22 @@ pub(crate) fn copy_strided(
 const KEYS_PER_SPLIT: usize = 64;
 const MAX_SPLITS: usize = 64;
 
+/// Prompt tokens from which attention over an f16 cache runs on tensor cores
+/// (`attn_prompt_*`, 64 queries per block: fewer would leave most of each tile idle).
+const FLASH_MIN_TOKENS: usize = 16;
+const FLASH_ROWS: usize = 64;
+
+/// The tensor-core prompt kernel for `head_dim`, where there is one.
+fn prompt_attention_kernel(head_dim: usize) -> Option<&'static str> {
+    Some(match head_dim {
+        16 => "attn_prompt_d16_f16",
+        32 => "attn_prompt_d32_f16",
+        64 => "attn_prompt_d64_f16",
+        128 => "attn_prompt_d128_f16",
+        _ => return None,
+    })
+}
+
 fn attention_kernel(head_dim: usize, group: usize, half: bool) -> Result<&'static str> {
     macro_rules! pick {
         ($d:literal) => {
@@ -622,6 +657,31 @@ pub(crate) fn attention(
         unreachable!("ops::attention checked the rank")
     };
     let group = heads / kv_heads;
+    if tokens >= FLASH_MIN_TOKENS && k.dtype() == DType::F16 {
+        if let Some(kernel) = prompt_attention_kernel(head_dim) {
+            let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
+            dev.launch(
+                kernel,
+                (tokens.div_ceil(FLASH_ROWS) as u32, heads as u32, 1),
+                128,
+                &[
+                    &q.device_ptr()?,
+                    &k.device_ptr()?,
+                    &v.device_ptr()?,
+                    &positions.device_ptr()?,
+                    &ptr_or_null(opts.sinks)?,
+                    &out.device_ptr()?,
+                    &(tokens as i32),
+                    &(heads as i32),
+                    &(kv_heads as i32),
+                    &(capacity as i32),
+                    &(opts.window.unwrap_or(0) as i32),
+                    &opts.scale,
+                ],
+            )?;
+            return Ok(out);
+        }
+    }
     let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;
     // Decode needs the keys split to fill the GPU; prompts already bring a block per token.
     // The split count follows the cache's capacity, not the tokens cached, so a captured decode step

@@ -157,3 +157,189 @@ ATTN_KERNELS(2, 16)
 ATTN_KERNELS(4, 4)
 ATTN_KERNELS(4, 8)
 ATTN_KERNELS(4, 16)
+
+// ---------------------------------------------------------------------------------------
+// Prompts over an f16 cache on tensor cores (flash attention): a block takes 64 query tokens
+// of one head, 16 per warp, and walks the keys any of them sees, 64 at a time: S = Q K^T
+// with mma.sync (f16 operands, f32 sums), masked and scaled, an online softmax in registers,
+// then O += P V with the probabilities rounded to f16 (as the CPU does over an f16 cache).
+// The sink logit joins the denominator at the end. Fragment layouts are those of
+// mma.m16n8k16: lane = 4 g + tq holds rows g and g + 8, columns 2 tq, 2 tq + 1 (+ 8).
+
+#define FA_ROWS 64  // query tokens per block
+#define FA_KEYS 64  // keys per tile
+#define LOG2E 1.4426950408889634f
+
+// c += a b for a 16x16 f16 tile a (4 registers), a 16x8 f16 tile b (2), f32 c (4).
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int D>
+__device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
+                                                 const u16* __restrict__ kc,
+                                                 const u16* __restrict__ vc,
+                                                 const int* __restrict__ positions,
+                                                 const float* __restrict__ sinks,
+                                                 float* __restrict__ out, int tokens, int heads,
+                                                 int kv_heads, int capacity, int window,
+                                                 float scale) {
+    constexpr int KS = D / 16;         // 16-wide steps over the head dimension
+    constexpr int NT = D / 8;          // 8-wide tiles of the output
+    constexpr int KP = D + 8;          // padded K row in shared memory (no bank conflicts)
+    constexpr int VP = FA_KEYS + 8;    // padded row of V transposed
+    __shared__ __align__(16) u16 ks[FA_KEYS * KP];
+    __shared__ __align__(16) u16 vt[D * VP];
+    __shared__ int span[2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int h = blockIdx.y, kvh = h / (heads / kv_heads);
+    // This lane's two query rows and their positions (-1: past the prompt, sees nothing).
+    int row[2], pos[2];
+    for (int r = 0; r < 2; r++) {
+        row[r] = blockIdx.x * FA_ROWS + 16 * warp + g + 8 * r;
+        pos[r] = row[r] < tokens ? min(max(positions[row[r]], 0), capacity - 1) : -1;
+    }
+    // The keys the block's queries see: [lo, hi).
+    if (threadIdx.x == 0) {
+        span[0] = capacity;
+        span[1] = 0;
+    }
+    __syncthreads();
+    for (int r = 0; r < 2; r++) {
+        if (pos[r] >= 0) {
+            atomicMin(&span[0], window > 0 ? max(0, pos[r] - window + 1) : 0);
+            atomicMax(&span[1], pos[r] + 1);
+        }
+    }
+    __syncthreads();
+    const int lo = span[0], hi = span[1];
+
+    // Q as A fragments, rounded to f16 (as the CPU rounds queries over an f16 cache).
+    u32 qa[KS][4];
+#pragma unroll
+    for (int s = 0; s < KS; s++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = i & 1, col = 16 * s + 2 * tq + 8 * (i >> 1);
+            float2 v = make_float2(0.0f, 0.0f);
+            if (pos[r] >= 0) v = *(const float2*)(q + ((i64)row[r] * heads + h) * D + col);
+            qa[s][i] = f32x2_to_f16x2(v.x, v.y);
+        }
+    }
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    const float scale2 = scale * LOG2E;  // scores in base-2 exponent units
+    const i64 base = (i64)kvh * capacity * D;
+
+    for (int j0 = lo; j0 < hi; j0 += FA_KEYS) {
+        __syncthreads();  // the last tile's reads are done
+        // K rows as they are, V transposed; keys past hi (unwritten cache) as zeros.
+        for (int i = threadIdx.x; i < FA_KEYS * D / 8; i += blockDim.x) {
+            const int r = i / (D / 8), c = (i % (D / 8)) * 8, j = j0 + r;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (j < hi) {
+                kv = *(const uint4*)(kc + base + (i64)j * D + c);
+                vv = *(const uint4*)(vc + base + (i64)j * D + c);
+            }
+            *(uint4*)(ks + r * KP + c) = kv;
+            const u16* vh = (const u16*)&vv;
+#pragma unroll
+            for (int e = 0; e < 8; e++) vt[(c + e) * VP + r] = vh[e];
+        }
+        __syncthreads();
+        float s[FA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const u16* krow = ks + (8 * n + g) * KP + 2 * tq;
+#pragma unroll
+            for (int k = 0; k < KS; k++)
+                mma_16816(s[n], qa[k], *(const u32*)(krow + 16 * k),
+                          *(const u32*)(krow + 16 * k + 8));
+        }
+        // Mask, scale, and the running max of each row (over the lane quad sharing it).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = j0 + 8 * n + 2 * tq + (e & 1), p = pos[e >> 1];
+                const bool seen = j <= p && (window <= 0 || j > p - window);
+                s[n][e] = seen ? s[n][e] * scale2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+        }
+        float base_m[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+            base_m[r] = mx[r] == -INFINITY ? 0.0f : mx[r];  // nothing seen yet
+            const float corr = exp2f(m[r] - base_m[r]);
+            m[r] = mx[r];
+            l[r] *= corr;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                o[n][2 * r] *= corr;
+                o[n][2 * r + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[n][e] = exp2f(s[n][e] - base_m[e >> 1]);
+                l[e >> 1] += s[n][e];
+            }
+        }
+        // O += P V: two 8-key tiles of P make one 16-key A fragment.
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+            const u32 a[4] = {f32x2_to_f16x2(s[2 * kk][0], s[2 * kk][1]),
+                              f32x2_to_f16x2(s[2 * kk][2], s[2 * kk][3]),
+                              f32x2_to_f16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              f32x2_to_f16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const u16* vrow = vt + (8 * n + g) * VP + 16 * kk + 2 * tq;
+                mma_16816(o[n], a, *(const u32*)vrow, *(const u32*)(vrow + 8));
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
+        float f = 1.0f;
+        if (sinks) {
+            const float sink = sinks[h] * LOG2E, top = fmaxf(m[r], sink);
+            f = exp2f(m[r] - top);
+            l[r] = l[r] * f + exp2f(sink - top);
+        }
+        if (pos[r] < 0) continue;
+        f /= l[r];
+        float* dst = out + ((i64)row[r] * heads + h) * D + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+            *(float2*)(dst + 8 * n) = make_float2(o[n][2 * r] * f, o[n][2 * r + 1] * f);
+    }
+}
+
+#define ATTN_PROMPT_KERNEL(D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) attn_prompt_d##D##_f16(                  \
+        const float* q, const u16* kc, const u16* vc, const int* positions, const float* sinks, \
+        float* out, int tokens, int heads, int kv_heads, int capacity, int window,             \
+        float scale) {                                                                         \
+        attn_prompt_body<D>(q, kc, vc, positions, sinks, out, tokens, heads, kv_heads,         \
+                            capacity, window, scale);                                          \
+    }
+
+ATTN_PROMPT_KERNEL(16)
+ATTN_PROMPT_KERNEL(32)
+ATTN_PROMPT_KERNEL(64)
+ATTN_PROMPT_KERNEL(128)

@@ -8,6 +8,8 @@ typedef unsigned long long u64;
 typedef long long i64;
 
 #define FULL_MASK 0xffffffffu
+// Index i over n elements with a grid-stride loop.
+#define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 #define INFINITY __int_as_float(0x7f800000)
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
@@ -16,6 +18,13 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("{cvt.f32.f16 %0, %1;}" : "=f"(f) : "h"(h));
     return f;
+}
+
+// Two floats as one packed f16 pair (lo in the low half).
+__device__ __forceinline__ u32 f32x2_to_f16x2(float lo, float hi) {
+    u32 r;
+    asm("{cvt.rn.f16x2.f32 %0, %1, %2;}" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
 __device__ __forceinline__ u16 f32_to_f16(float f) {

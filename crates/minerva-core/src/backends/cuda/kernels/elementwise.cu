@@ -1,13 +1,24 @@
 // Row-wise and elementwise kernels on f32 activations. One thread per element unless a row
 // needs a reduction, then one block per row.
 
-#define GRID_STRIDE(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
-
 // op 0: a + b, 1: a * b; b has `m` values and repeats over a's `n` (a suffix broadcast).
 extern "C" __global__ void binary_bcast(const float* a, const float* b, float* out, i64 n, i64 m, int op) {
     GRID_STRIDE(i, n) {
         const float y = b[i % m];
         out[i] = op == 0 ? a[i] + y : a[i] * y;
+    }
+}
+
+// out[r] = x[index ? index[r] / divisor : r] in f16, for rows of k (even) values: the
+// activation operand of a tensor-core product, gathered where the rows are a selection.
+extern "C" __global__ void rows_to_f16(const float* x, const int* index, int divisor, i64 rows,
+                                       int k, u32* out) {
+    const int pairs = k / 2;
+    GRID_STRIDE(i, rows * pairs) {
+        const i64 r = i / pairs;
+        const i64 src = index ? index[r] / divisor : r;
+        const float2 v = ((const float2*)(x + src * k))[i - r * pairs];
+        out[i] = f32x2_to_f16x2(v.x, v.y);
     }
 }
 

@@ -182,3 +182,44 @@ __device__ __forceinline__ void expert_down_body(const ExpertRows& down,
 EXPERT_KERNELS(mxfp4, MvMxfp4)
 EXPERT_KERNELS(affine8, MvAffine8)
 EXPERT_KERNELS(affine4, MvAffine4)
+
+// ---------------------------------------------------------------------------------------
+// Prompts: the (token, slot) pairs sorted by expert so each expert's rows are one
+// tensor-core product (`ops/experts.rs`); row i of the sorted products is pair order[i],
+// and pair p sits at row rank[p].
+
+// h[i] = SwiGLU(gate + gate bias, up + bias) in f16, from gu (f32 [pairs, 2 * inter]: the
+// gate products, then the up products, of each sorted row).
+extern "C" __global__ void expert_swiglu_sorted(const float* __restrict__ gu,
+                                                const int* __restrict__ order,
+                                                const int* __restrict__ ids, ExpertRows gate,
+                                                ExpertRows up, i64 pairs, int inter, float alpha,
+                                                float limit, u16* __restrict__ h) {
+    GRID_STRIDE(i, pairs * inter) {
+        const i64 r = i / inter;
+        const int c = (int)(i - r * inter), e = ids[order[r]];
+        const float* row = gu + r * 2 * inter;
+        const float g = row[c] + expert_bias(gate, e, c);
+        const float u = row[inter + c] + expert_bias(up, e, c);
+        h[i] = f32_to_f16(clamped_swiglu(g, u, alpha, limit));
+    }
+}
+
+// out[t] = sum_j weights[t, j] (y[rank[t, j]] + the down bias of expert ids[t, j]).
+extern "C" __global__ void expert_mix_sorted(const float* __restrict__ y,
+                                             const int* __restrict__ rank,
+                                             const int* __restrict__ ids,
+                                             const float* __restrict__ weights, ExpertRows down,
+                                             i64 tokens, int slots, int hidden,
+                                             float* __restrict__ out) {
+    GRID_STRIDE(i, tokens * hidden) {
+        const i64 t = i / hidden;
+        const int c = (int)(i - t * hidden);
+        float s = 0.0f;
+        for (int j = 0; j < slots; j++) {
+            const i64 p = t * slots + j;
+            s = fmaf(weights[p], y[(i64)rank[p] * hidden + c] + expert_bias(down, ids[p], c), s);
+        }
+        out[i] = s;
+    }
+}

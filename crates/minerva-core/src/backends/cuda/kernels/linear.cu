@@ -81,22 +81,35 @@ struct Q8_0 {
     }
 };
 
+// The 32 / BITS codes of one little-endian word of MLX affine BITS-bit codes, as s q + b.
+template <int BITS>
+__device__ __forceinline__ void affine_word(u32 q, float s, float b, float* v) {
+#pragma unroll
+    for (int i = 0; i < 32 / BITS; i++) v[i] = fmaf(s, (float)((q >> (BITS * i)) & ((1u << BITS) - 1)), b);
+}
+
 // MLX affine 4- or 8-bit: a 16-byte chunk holds 128 / BITS codes, all in one group (groups
 // are 32, 64 or 128 values); value i sits in bits BITS i.. of the little-endian stream.
 template <int BITS>
 struct AffinePow2 {
     static constexpr int VALS = 128 / BITS;
     __device__ static void decode(const Weight& w, const u8* row, i64 g0, int c, float* v) {
-        constexpr int PER_WORD = 32 / BITS;
-        constexpr u32 MASK = (1u << BITS) - 1;
         const uint4 q = ((const uint4*)row)[c];
         const i64 g = g0 + (i64)c * VALS / w.group;
         const float s = load_param(w.scales, w.param_kind, g);
         const float b = load_param(w.biases, w.param_kind, g);
         const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int i = 0; i < VALS; i++)
-            v[i] = fmaf(s, (float)((words[i / PER_WORD] >> (BITS * (i % PER_WORD))) & MASK), b);
+        for (int i = 0; i < 4; i++) affine_word<BITS>(words[i], s, b, v + i * (32 / BITS));
+    }
+    // Values 8j .. 8j + 7 of the row (for dequant8_body).
+    __device__ static void decode8(const Weight& w, const u8* row, i64 g0, i64 j, float* v) {
+        const i64 g = g0 + 8 * j / w.group;
+        const float s = load_param(w.scales, w.param_kind, g);
+        const float b = load_param(w.biases, w.param_kind, g);
+        const u32* words = (const u32*)row + j * BITS / 4;
+#pragma unroll
+        for (int i = 0; i < BITS / 4; i++) affine_word<BITS>(words[i], s, b, v + i * (32 / BITS));
     }
 };
 typedef AffinePow2<8> Affine8;
@@ -118,8 +131,18 @@ struct AffineAny {
     }
 };
 
-// MXFP4: 32 e2m1 codes per chunk sharing one e8m0 scale. The magnitudes doubled are the
-// bytes 0 1 2 3 4 6 8 12, picked with one byte permute; bit 3 of a code is the sign.
+// The 8 e2m1 codes of one little-endian word times `half_scale` doubled: the magnitudes
+// doubled are the bytes 0 1 2 3 4 6 8 12, picked with one byte permute; bit 3 is the sign.
+__device__ __forceinline__ void mxfp4_word(u32 q, float half_scale, float* v) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const u32 code = (q >> (4 * i)) & 15;
+        const float mag = (float)__byte_perm(0x03020100u, 0x0c080604u, code & 7);
+        v[i] = __uint_as_float(__float_as_uint(mag * half_scale) | ((code & 8) << 28));
+    }
+}
+
+// MXFP4: 32 e2m1 codes per chunk sharing one e8m0 scale.
 struct Mxfp4 {
     static constexpr int VALS = 32;
     __device__ static void decode(const Weight& w, const u8* row, i64 g0, int c, float* v) {
@@ -127,11 +150,12 @@ struct Mxfp4 {
         const float half_scale = 0.5f * e8m0_to_f32(((const u8*)w.scales)[g0 + c]);
         const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const u32 code = (words[i >> 3] >> (4 * (i & 7))) & 15;
-            const float mag = (float)__byte_perm(0x03020100u, 0x0c080604u, code & 7);
-            v[i] = __uint_as_float(__float_as_uint(mag * half_scale) | ((code & 8) << 28));
-        }
+        for (int i = 0; i < 4; i++) mxfp4_word(words[i], half_scale, v + 8 * i);
+    }
+    // Values 8j .. 8j + 7 of the row (for dequant8_body).
+    __device__ static void decode8(const Weight& w, const u8* row, i64 g0, i64 j, float* v) {
+        const float half_scale = 0.5f * e8m0_to_f32(((const u8*)w.scales)[g0 + j / 4]);
+        mxfp4_word(((const u32*)row)[j], half_scale, v);
     }
 };
 
@@ -223,6 +247,60 @@ __device__ __forceinline__ void embed_body(const Weight& w, const int* __restric
     }
 }
 
+// Rows offset, offset + step, ... (`rows` of them) of matrix `expert` of a stack (0 for a
+// plain weight), decoded to f16 `[rows, k]`: the weight operand of a tensor-core product.
+template <class F>
+__device__ __forceinline__ void dequant_body(const Weight& w, i64 expert, int rows, int step,
+                                             int offset, u16* __restrict__ out) {
+    const int chunks = w.k / F::VALS;
+    const i64 groups_per_row = w.k / w.group;
+    GRID_STRIDE(i, (i64)rows * chunks) {
+        const i64 r = i / chunks;
+        const int c = (int)(i - r * chunks);
+        const i64 src = offset + r * step;
+        float v[F::VALS];
+        F::decode(w, w.codes + expert * w.expert_bytes + src * w.row_bytes,
+                  expert * w.expert_groups + src * groups_per_row, c, v);
+        u16* o = out + r * w.k + (i64)c * F::VALS;
+        if (F::VALS % 8 == 0) {  // chunks of 8k values start 16-byte aligned
+#pragma unroll
+            for (int j = 0; j < F::VALS / 8; j++) {
+                const float* p = v + 8 * j;
+                ((uint4*)o)[j] = make_uint4(f32x2_to_f16x2(p[0], p[1]), f32x2_to_f16x2(p[2], p[3]),
+                                            f32x2_to_f16x2(p[4], p[5]), f32x2_to_f16x2(p[6], p[7]));
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < F::VALS; j++) o[j] = f32_to_f16(v[j]);
+        }
+    }
+}
+
+// The same for the 16-byte-chunk formats, a thread per 8 values (one 16-byte store, reads
+// of 4 or 8 code bytes side by side across a warp): F::decode8 gives values 8j .. 8j + 7.
+template <class F>
+__device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert, int rows, int step,
+                                              int offset, u16* __restrict__ out) {
+    const i64 per_row = w.k / 8, groups_per_row = w.k / w.group;
+    GRID_STRIDE(i, (i64)rows * per_row) {
+        const i64 r = i / per_row, j = i - r * per_row;
+        const i64 src = offset + r * step;
+        float v[8];
+        F::decode8(w, w.codes + expert * w.expert_bytes + src * w.row_bytes,
+                   expert * w.expert_groups + src * groups_per_row, j, v);
+        ((uint4*)(out + r * w.k))[j] =
+            make_uint4(f32x2_to_f16x2(v[0], v[1]), f32x2_to_f16x2(v[2], v[3]),
+                       f32x2_to_f16x2(v[4], v[5]), f32x2_to_f16x2(v[6], v[7]));
+    }
+}
+
+#define DEQUANT8_KERNEL(NAME, F)                                                            \
+    extern "C" __global__ void dequant8_f16_##NAME(Weight w, i64 expert, int rows, int step, \
+                                                   int offset, u16* out) {                   \
+        dequant8_body<F>(w, expert, rows, step, offset, out);                                \
+    }
+
+
 #define WEIGHT_KERNELS(NAME, F)                                                                  \
     extern "C" __global__ void linear_##NAME##_1(Weight w, const float* x, const float* bias,  \
                                                  float* y, int n, int tokens, const int* ids,  \
@@ -236,6 +314,10 @@ __device__ __forceinline__ void embed_body(const Weight& w, const int* __restric
     }                                                                                          \
     extern "C" __global__ void embed_##NAME(Weight w, const int* ids, float* out, int vocab) { \
         embed_body<F>(w, ids, out, vocab);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void dequant_f16_##NAME(Weight w, i64 expert, int rows, int step,    \
+                                                  int offset, u16* out) {                      \
+        dequant_body<F>(w, expert, rows, step, offset, out);                                   \
     }
 
 typedef DenseF32<4> DenseF32x4;
@@ -258,6 +340,9 @@ WEIGHT_KERNELS(affine8, Affine8)
 WEIGHT_KERNELS(affine4, Affine4)
 WEIGHT_KERNELS(affine_any, AffineAny)
 WEIGHT_KERNELS(mxfp4, Mxfp4)
+DEQUANT8_KERNEL(affine8, Affine8)
+DEQUANT8_KERNEL(affine4, Affine4)
+DEQUANT8_KERNEL(mxfp4, Mxfp4)
 
 // ---------------------------------------------------------------------------------------
 // Decode (one token) products for the 16-byte-chunk formats, built to stream weights at
@@ -323,12 +408,7 @@ struct MvAffine {
 typedef MvAffine<8> MvAffine8;
 typedef MvAffine<4> MvAffine4;
 
-// Packed f16 pairs, built in PTX (NVRTC has no cuda_fp16.h here).
-__device__ __forceinline__ u32 f32x2_to_f16x2(float lo, float hi) {
-    u32 r;
-    asm("{cvt.rn.f16x2.f32 %0, %1, %2;}" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
+// Packed f16 pair arithmetic, in PTX (NVRTC has no cuda_fp16.h here).
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     u32 r;
     asm("{mul.rn.f16x2 %0, %1, %2;}" : "=r"(r) : "r"(a), "r"(b));

@@ -3,9 +3,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{chunk_threads, device_of, rows_per_block, weight_arg, WeightArg};
+use std::sync::Arc;
+
+use super::super::blas::HalfGemm;
+use super::gemm::{half_rows, half_weight, worth_it};
+use super::{chunk_threads, device_of, grid_for, rows_per_block, weight_arg, WeightArg, THREADS};
+use crate::backends::cuda::CudaDevice;
 use crate::ops::{ExpertGateUp, SwigluExperts};
-use crate::{Array, DType, Error, Result};
+use crate::{Array, DType, Device, Error, Result};
 
 /// The kernel side of `struct ExpertRows` (same field order and sizes, padding spelled out).
 #[repr(C)]
@@ -123,6 +128,19 @@ pub(crate) fn mixture_of_experts(
         )));
     }
     let dev = device_of(x)?;
+    let dequant = weight_arg(experts.down)?.1.dequant;
+    if worth_it(&dev, tokens, inter, hidden) && inter.is_multiple_of(8) && dev.has_blas() {
+        let sorted = SortedPairs::new(ids, experts.down.dim(0))?;
+        let rows = ExpertProducts {
+            gate,
+            up,
+            down,
+            dequant,
+            inter,
+            hidden,
+        };
+        return grouped(&dev, x, &rows, &sorted, experts, weights).map(Some);
+    }
     let h = Array::empty_cuda(&dev, DType::F32, &[tokens, slots, inter])?;
     let (name, rows) = rows_per_block(&dev, &kernels.swiglu, inter, tokens * slots);
     dev.launch(
@@ -162,4 +180,173 @@ pub(crate) fn mixture_of_experts(
         ],
     )?;
     Ok(Some(out))
+}
+
+/// A prompt's (token, slot) pairs sorted by expert (a counting sort on the host), so each
+/// expert's pairs are consecutive rows of one product.
+struct SortedPairs {
+    /// Per expert, its first sorted row and its number of rows.
+    spans: Vec<(usize, usize)>,
+    /// On the device, `order` (sorted row -> pair) then `rank` (pair -> sorted row).
+    index: Array,
+    ids: Array,
+    pairs: usize,
+    slots: usize,
+}
+
+impl SortedPairs {
+    fn new(ids: &Array, experts: usize) -> Result<SortedPairs> {
+        let host = ids.to_device(Device::Cpu)?;
+        let chosen = host.as_i32()?;
+        let mut spans = vec![(0, 0); experts];
+        for &e in chosen {
+            let e = usize::try_from(e)
+                .ok()
+                .filter(|&e| e < experts)
+                .ok_or_else(|| {
+                    Error::Shape(format!(
+                        "mixture_of_experts: expert id {e} of {experts} experts"
+                    ))
+                })?;
+            spans[e].1 += 1;
+        }
+        let mut start = 0;
+        for span in &mut spans {
+            span.0 = start;
+            start += span.1;
+        }
+        let pairs = chosen.len();
+        let mut index = vec![0i32; 2 * pairs];
+        let mut next: Vec<usize> = spans.iter().map(|s| s.0).collect();
+        for (pair, &e) in chosen.iter().enumerate() {
+            let row = next[e as usize];
+            next[e as usize] += 1;
+            index[row] = pair as i32;
+            index[pairs + pair] = row as i32;
+        }
+        Ok(SortedPairs {
+            spans,
+            index: Array::from_i32(&index, &[2 * pairs])?.to_device(ids.device())?,
+            ids: ids.clone(),
+            pairs,
+            slots: ids.dim(1),
+        })
+    }
+
+    fn order(&self) -> Result<u64> {
+        self.index.device_ptr()
+    }
+
+    fn rank(&self) -> Result<u64> {
+        Ok(self.index.device_ptr()? + 4 * self.pairs as u64)
+    }
+}
+
+/// The three projections of an expert stack as the grouped products read them.
+struct ExpertProducts {
+    gate: ExpertRowsArg,
+    up: ExpertRowsArg,
+    down: ExpertRowsArg,
+    dequant: &'static str,
+    inter: usize,
+    hidden: usize,
+}
+
+/// The experts of a prompt on tensor cores: per expert with pairs, its gate and up rows
+/// decoded to f16 and multiplied with its pairs' inputs, the SwiGLU of all pairs, then per
+/// expert its down rows times its pairs' SwiGLU outputs, and each token's mix.
+fn grouped(
+    dev: &Arc<CudaDevice>,
+    x: &Array,
+    p: &ExpertProducts,
+    sorted: &SortedPairs,
+    experts: &SwigluExperts<'_>,
+    weights: &Array,
+) -> Result<Array> {
+    let (pairs, inter, hidden) = (sorted.pairs, p.inter, p.hidden);
+    let tokens = pairs / sorted.slots;
+    let xs = half_rows(
+        dev,
+        x.device_ptr()?,
+        sorted.order()?,
+        sorted.slots,
+        pairs,
+        hidden,
+    )?;
+    let gu = dev.alloc(4 * pairs * 2 * inter)?;
+    let w_gate_up = dev.alloc(2 * 2 * inter * hidden)?;
+    for (e, &(first, rows)) in sorted.spans.iter().enumerate() {
+        if rows == 0 {
+            continue;
+        }
+        for (half, m) in [&p.gate, &p.up].into_iter().enumerate() {
+            let at = w_gate_up.ptr() + (2 * half * inter * hidden) as u64;
+            let layout = (inter, m.step as usize, m.offset as usize);
+            half_weight(dev, (&m.w, p.dequant), e, layout, at)?;
+        }
+        dev.half_gemm(&HalfGemm {
+            m: rows,
+            n: 2 * inter,
+            k: hidden,
+            x: xs.ptr() + (2 * first * hidden) as u64,
+            w: w_gate_up.ptr(),
+            y: gu.ptr() + (4 * first * 2 * inter) as u64,
+            beta: 0.0,
+        })?;
+    }
+    drop((xs, w_gate_up));
+    let h = dev.alloc(2 * pairs * inter)?;
+    dev.launch(
+        "expert_swiglu_sorted",
+        grid_for(pairs * inter),
+        THREADS,
+        &[
+            &gu.ptr(),
+            &sorted.order()?,
+            &sorted.ids.device_ptr()?,
+            &p.gate,
+            &p.up,
+            &(pairs as i64),
+            &(inter as i32),
+            &experts.alpha,
+            &experts.limit,
+            &h.ptr(),
+        ],
+    )?;
+    drop(gu);
+    let y = dev.alloc(4 * pairs * hidden)?;
+    let w_down = dev.alloc(2 * hidden * inter)?;
+    for (e, &(first, rows)) in sorted.spans.iter().enumerate() {
+        if rows == 0 {
+            continue;
+        }
+        half_weight(dev, (&p.down.w, p.dequant), e, (hidden, 1, 0), w_down.ptr())?;
+        dev.half_gemm(&HalfGemm {
+            m: rows,
+            n: hidden,
+            k: inter,
+            x: h.ptr() + (2 * first * inter) as u64,
+            w: w_down.ptr(),
+            y: y.ptr() + (4 * first * hidden) as u64,
+            beta: 0.0,
+        })?;
+    }
+    let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
+    dev.launch(
+        "expert_mix_sorted",
+        grid_for(tokens * hidden),
+        THREADS,
+        &[
+            &y.ptr(),
+            &sorted.rank()?,
+            &sorted.ids.device_ptr()?,
+            &weights.device_ptr()?,
+            &p.down,
+            &(tokens as i64),
+            &(sorted.slots as i32),
+            &(hidden as i32),
+            &out.device_ptr()?,
+        ],
+    )?;
+    Ok(out)
 }
