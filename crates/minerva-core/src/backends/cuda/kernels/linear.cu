@@ -247,11 +247,14 @@ __device__ __forceinline__ void embed_body(const Weight& w, const int* __restric
     }
 }
 
-// Rows offset, offset + step, ... (`rows` of them) of matrix `expert` of a stack (0 for a
-// plain weight), decoded to f16 `[rows, k]`: the weight operand of a tensor-core product.
+// Rows offset, offset + step, ... (`rows` of them) of matrix expert0 + blockIdx.y of a stack
+// (0 for a plain weight), decoded to f16 `[rows, k]` at out + blockIdx.y out_stride: the
+// weight operand of a tensor-core product.
 template <class F>
-__device__ __forceinline__ void dequant_body(const Weight& w, i64 expert, int rows, int step,
-                                             int offset, u16* __restrict__ out) {
+__device__ __forceinline__ void dequant_body(const Weight& w, i64 expert0, int rows, int step,
+                                             int offset, u16* __restrict__ out, i64 out_stride) {
+    const i64 expert = expert0 + blockIdx.y;
+    out += blockIdx.y * out_stride;
     const int chunks = w.k / F::VALS;
     const i64 groups_per_row = w.k / w.group;
     GRID_STRIDE(i, (i64)rows * chunks) {
@@ -279,8 +282,10 @@ __device__ __forceinline__ void dequant_body(const Weight& w, i64 expert, int ro
 // The same for the 16-byte-chunk formats, a thread per 8 values (one 16-byte store, reads
 // of 4 or 8 code bytes side by side across a warp): F::decode8 gives values 8j .. 8j + 7.
 template <class F>
-__device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert, int rows, int step,
-                                              int offset, u16* __restrict__ out) {
+__device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert0, int rows, int step,
+                                              int offset, u16* __restrict__ out, i64 out_stride) {
+    const i64 expert = expert0 + blockIdx.y;
+    out += blockIdx.y * out_stride;
     const i64 per_row = w.k / 8, groups_per_row = w.k / w.group;
     GRID_STRIDE(i, (i64)rows * per_row) {
         const i64 r = i / per_row, j = i - r * per_row;
@@ -295,9 +300,9 @@ __device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert, int r
 }
 
 #define DEQUANT8_KERNEL(NAME, F)                                                            \
-    extern "C" __global__ void dequant8_f16_##NAME(Weight w, i64 expert, int rows, int step, \
-                                                   int offset, u16* out) {                   \
-        dequant8_body<F>(w, expert, rows, step, offset, out);                                \
+    extern "C" __global__ void dequant8_f16_##NAME(Weight w, i64 expert0, int rows, int step, \
+                                                   int offset, u16* out, i64 out_stride) {    \
+        dequant8_body<F>(w, expert0, rows, step, offset, out, out_stride);                    \
     }
 
 
@@ -315,9 +320,9 @@ __device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert, int r
     extern "C" __global__ void embed_##NAME(Weight w, const int* ids, float* out, int vocab) { \
         embed_body<F>(w, ids, out, vocab);                                                     \
     }                                                                                          \
-    extern "C" __global__ void dequant_f16_##NAME(Weight w, i64 expert, int rows, int step,    \
-                                                  int offset, u16* out) {                      \
-        dequant_body<F>(w, expert, rows, step, offset, out);                                   \
+    extern "C" __global__ void dequant_f16_##NAME(Weight w, i64 expert0, int rows, int step,   \
+                                                  int offset, u16* out, i64 out_stride) {      \
+        dequant_body<F>(w, expert0, rows, step, offset, out, out_stride);                      \
     }
 
 typedef DenseF32<4> DenseF32x4;

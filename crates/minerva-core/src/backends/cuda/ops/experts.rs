@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
 use super::super::blas::HalfGemm;
-use super::gemm::{half_rows, half_weight, worth_it};
+use super::gemm::{half_rows, half_weight, worth_it, HalfOut};
 use super::{chunk_threads, device_of, grid_for, rows_per_block, weight_arg, WeightArg, THREADS};
 use crate::backends::cuda::CudaDevice;
 use crate::ops::{ExpertGateUp, SwigluExperts};
@@ -233,6 +233,28 @@ impl SortedPairs {
         })
     }
 
+    /// Runs of at most `batch` consecutive experts, without experts that have no pairs at
+    /// either end: (first expert, its spans and the following ones').
+    fn batches(&self, batch: usize) -> impl Iterator<Item = (usize, &[(usize, usize)])> + '_ {
+        let mut next = 0;
+        std::iter::from_fn(move || {
+            next += self.spans[next.min(self.spans.len())..]
+                .iter()
+                .take_while(|s| s.1 == 0)
+                .count();
+            if next >= self.spans.len() {
+                return None;
+            }
+            let first = next;
+            let mut end = (first + batch).min(self.spans.len());
+            while self.spans[end - 1].1 == 0 {
+                end -= 1;
+            }
+            next = end;
+            Some((first, &self.spans[first..end]))
+        })
+    }
+
     fn order(&self) -> Result<u64> {
         self.index.device_ptr()
     }
@@ -240,6 +262,15 @@ impl SortedPairs {
     fn rank(&self) -> Result<u64> {
         Ok(self.index.device_ptr()? + 4 * self.pairs as u64)
     }
+}
+
+/// Bytes of f16 scratch for decoded experts; batches of experts that fit in it are decoded
+/// in one launch (fewer, longer launches than one per expert).
+const DECODE_BYTES: usize = 256 << 20;
+
+/// Experts decoded per launch, at `bytes` each, out of `experts`.
+fn decode_batch(bytes: usize, experts: usize) -> usize {
+    (DECODE_BYTES / bytes).clamp(1, experts.max(1))
 }
 
 /// The three projections of an expert stack as the grouped products read them.
@@ -274,25 +305,31 @@ fn grouped(
         hidden,
     )?;
     let gu = dev.alloc(4 * pairs * 2 * inter)?;
-    let w_gate_up = dev.alloc(2 * 2 * inter * hidden)?;
-    for (e, &(first, rows)) in sorted.spans.iter().enumerate() {
-        if rows == 0 {
-            continue;
-        }
+    // Gate rows then up rows of each expert of a batch: [batch, 2 * inter, hidden] f16.
+    let per_expert = 2 * inter * hidden;
+    let batch = decode_batch(2 * per_expert, sorted.spans.len());
+    let w_gate_up = dev.alloc(2 * per_expert * batch)?;
+    for (first, spans) in sorted.batches(batch) {
         for (half, m) in [&p.gate, &p.up].into_iter().enumerate() {
-            let at = w_gate_up.ptr() + (2 * half * inter * hidden) as u64;
+            let to = HalfOut {
+                ptr: w_gate_up.ptr() + (2 * half * inter * hidden) as u64,
+                count: spans.len(),
+                stride: per_expert,
+            };
             let layout = (inter, m.step as usize, m.offset as usize);
-            half_weight(dev, (&m.w, p.dequant), e, layout, at)?;
+            half_weight(dev, (&m.w, p.dequant), first, layout, &to)?;
         }
-        dev.half_gemm(&HalfGemm {
-            m: rows,
-            n: 2 * inter,
-            k: hidden,
-            x: xs.ptr() + (2 * first * hidden) as u64,
-            w: w_gate_up.ptr(),
-            y: gu.ptr() + (4 * first * 2 * inter) as u64,
-            beta: 0.0,
-        })?;
+        for (i, &(row0, rows)) in spans.iter().enumerate().filter(|(_, s)| s.1 > 0) {
+            dev.half_gemm(&HalfGemm {
+                m: rows,
+                n: 2 * inter,
+                k: hidden,
+                x: xs.ptr() + (2 * row0 * hidden) as u64,
+                w: w_gate_up.ptr() + (2 * i * per_expert) as u64,
+                y: gu.ptr() + (4 * row0 * 2 * inter) as u64,
+                beta: 0.0,
+            })?;
+        }
     }
     drop((xs, w_gate_up));
     let h = dev.alloc(2 * pairs * inter)?;
@@ -315,21 +352,27 @@ fn grouped(
     )?;
     drop(gu);
     let y = dev.alloc(4 * pairs * hidden)?;
-    let w_down = dev.alloc(2 * hidden * inter)?;
-    for (e, &(first, rows)) in sorted.spans.iter().enumerate() {
-        if rows == 0 {
-            continue;
+    let per_expert = hidden * inter;
+    let batch = decode_batch(2 * per_expert, sorted.spans.len());
+    let w_down = dev.alloc(2 * per_expert * batch)?;
+    for (first, spans) in sorted.batches(batch) {
+        let to = HalfOut {
+            ptr: w_down.ptr(),
+            count: spans.len(),
+            stride: per_expert,
+        };
+        half_weight(dev, (&p.down.w, p.dequant), first, (hidden, 1, 0), &to)?;
+        for (i, &(row0, rows)) in spans.iter().enumerate().filter(|(_, s)| s.1 > 0) {
+            dev.half_gemm(&HalfGemm {
+                m: rows,
+                n: hidden,
+                k: inter,
+                x: h.ptr() + (2 * row0 * inter) as u64,
+                w: w_down.ptr() + (2 * i * per_expert) as u64,
+                y: y.ptr() + (4 * row0 * hidden) as u64,
+                beta: 0.0,
+            })?;
         }
-        half_weight(dev, (&p.down.w, p.dequant), e, (hidden, 1, 0), w_down.ptr())?;
-        dev.half_gemm(&HalfGemm {
-            m: rows,
-            n: hidden,
-            k: inter,
-            x: h.ptr() + (2 * first * inter) as u64,
-            w: w_down.ptr(),
-            y: y.ptr() + (4 * first * hidden) as u64,
-            beta: 0.0,
-        })?;
     }
     let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
     dev.launch(

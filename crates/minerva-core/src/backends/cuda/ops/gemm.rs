@@ -52,28 +52,37 @@ pub(super) fn half_rows(
     Ok(out)
 }
 
-/// Rows `offset, offset + step, ...` (`rows` of them) of matrix `expert` of `w` (0 for a
-/// plain weight) decoded to f16 at `out` (`[rows, k]`).
+/// Where [`half_weight`] puts its rows: `count` matrices, `stride` values apart, from `ptr`.
+pub(super) struct HalfOut {
+    pub ptr: u64,
+    pub count: usize,
+    pub stride: usize,
+}
+
+/// Rows `offset, offset + step, ...` (`rows` of them) of matrices `first, first + 1, ...`
+/// of `w` (a stack; 0 for a plain weight) decoded to f16 (`[rows, k]` each) at `out`.
 pub(super) fn half_weight(
     dev: &Arc<CudaDevice>,
     (w, dequant): (&WeightArg, &'static str),
-    expert: usize,
+    first: usize,
     (rows, step, offset): (usize, usize, usize),
-    out: u64,
+    out: &HalfOut,
 ) -> Result<()> {
     // A thread per chunk, and chunks have at least 8 values where it matters (the
     // quantized formats); dense rows take a few chunks per thread.
+    let (x, _, _) = grid_for(rows * w.k as usize / 8);
     dev.launch(
         dequant,
-        grid_for(rows * w.k as usize / 8),
+        (x, out.count as u32, 1),
         THREADS,
         &[
             w,
-            &(expert as i64),
+            &(first as i64),
             &(rows as i32),
             &(step as i32),
             &(offset as i32),
-            &out,
+            &out.ptr,
+            &(out.stride as i64),
         ],
     )
 }
@@ -100,7 +109,12 @@ pub(super) fn linear(
     } else {
         let (arg, kernels) = weight_arg(w)?;
         decoded = dev.alloc(2 * n * k)?;
-        half_weight(dev, (&arg, kernels.dequant), 0, (n, 1, 0), decoded.ptr())?;
+        let to = HalfOut {
+            ptr: decoded.ptr(),
+            count: 1,
+            stride: 0,
+        };
+        half_weight(dev, (&arg, kernels.dequant), 0, (n, 1, 0), &to)?;
         decoded.ptr()
     };
     let y = out.device_ptr()?;
