@@ -598,6 +598,43 @@ const MAX_SPLITS: usize = 64;
 const FLASH_MIN_TOKENS: usize = 16;
 const FLASH_ROWS: usize = 64;
 
+/// [`attention`] of a prompt on tensor cores with `kernel` (see `attn_prompt_body`).
+fn prompt_attention(
+    kernel: &'static str,
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    positions: &Array,
+    opts: AttentionOptions<'_>,
+) -> Result<Array> {
+    let dev = device_of(q)?;
+    let [tokens, heads, head_dim] = *q.shape() else {
+        unreachable!("ops::attention checked the rank")
+    };
+    let (kv_heads, capacity) = (k.dim(0), k.dim(1));
+    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
+    dev.launch(
+        kernel,
+        (tokens.div_ceil(FLASH_ROWS) as u32, heads as u32, 1),
+        128,
+        &[
+            &q.device_ptr()?,
+            &k.device_ptr()?,
+            &v.device_ptr()?,
+            &positions.device_ptr()?,
+            &ptr_or_null(opts.sinks)?,
+            &out.device_ptr()?,
+            &(tokens as i32),
+            &(heads as i32),
+            &(kv_heads as i32),
+            &(capacity as i32),
+            &(opts.window.unwrap_or(0) as i32),
+            &opts.scale,
+        ],
+    )?;
+    Ok(out)
+}
+
 /// The tensor-core prompt kernel for `head_dim`, where there is one.
 fn prompt_attention_kernel(head_dim: usize) -> Option<&'static str> {
     Some(match head_dim {
@@ -659,27 +696,7 @@ pub(crate) fn attention(
     let group = heads / kv_heads;
     if tokens >= FLASH_MIN_TOKENS && k.dtype() == DType::F16 {
         if let Some(kernel) = prompt_attention_kernel(head_dim) {
-            let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
-            dev.launch(
-                kernel,
-                (tokens.div_ceil(FLASH_ROWS) as u32, heads as u32, 1),
-                128,
-                &[
-                    &q.device_ptr()?,
-                    &k.device_ptr()?,
-                    &v.device_ptr()?,
-                    &positions.device_ptr()?,
-                    &ptr_or_null(opts.sinks)?,
-                    &out.device_ptr()?,
-                    &(tokens as i32),
-                    &(heads as i32),
-                    &(kv_heads as i32),
-                    &(capacity as i32),
-                    &(opts.window.unwrap_or(0) as i32),
-                    &opts.scale,
-                ],
-            )?;
-            return Ok(out);
+            return prompt_attention(kernel, q, k, v, positions, opts);
         }
     }
     let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;
