@@ -45,7 +45,7 @@ impl Drop for Blas {
     }
 }
 
-/// `y[m, n] (f32) = x[m, k] · w[n, k]ᵀ + beta · y`, all row-major, `x` and `w` f16 at device
+/// `y[m, n] (f32) = x[m, k] · w[n, k]ᵀ`, all row-major, `x` and `w` f16 at device
 /// addresses, accumulated in f32 on tensor cores.
 pub(super) struct HalfGemm {
     pub m: usize,
@@ -54,18 +54,17 @@ pub(super) struct HalfGemm {
     pub x: u64,
     pub w: u64,
     pub y: u64,
-    pub beta: f32,
 }
 
 impl CudaDevice {
-    /// Queues `g` on cuBLAS; `Ok(false)` where cuBLAS is not available.
-    pub(super) fn half_gemm(&self, g: &HalfGemm) -> Result<bool> {
-        let Some(blas) = self.blas() else {
-            return Ok(false);
-        };
+    /// Queues `g` on cuBLAS (callers check [`CudaDevice::has_blas`] first).
+    pub(super) fn half_gemm(&self, g: &HalfGemm) -> Result<()> {
+        let blas = self
+            .blas()
+            .ok_or_else(|| self.err("cuBLAS product", "cuBLAS is not available"))?;
         self.bind()?;
         let handle = blas.0.lock().expect("cuBLAS handle");
-        let (alpha, int) = (1.0f32, |v: usize| v as c_int);
+        let (alpha, beta, int) = (1.0f32, 0.0f32, |v: usize| v as c_int);
         self.profiled("cublas_gemm_f16", || {
             // Row-major y = x wᵀ is column-major yᵀ = w xᵀ: w as stored is the column-major
             // k×n matrix wᵀ, so it goes in transposed; x as stored is xᵀ (k×m).
@@ -86,7 +85,7 @@ impl CudaDevice {
                     g.x as *const c_void,
                     sys::cudaDataType::CUDA_R_16F,
                     int(g.k),
-                    (&g.beta as *const f32).cast::<c_void>(),
+                    (&beta as *const f32).cast::<c_void>(),
                     g.y as *mut c_void,
                     sys::cudaDataType::CUDA_R_32F,
                     int(g.n),
@@ -95,7 +94,6 @@ impl CudaDevice {
                 )
             }
             .map_err(|e| self.err("cuBLAS product", format!("{e:?}")))
-        })?;
-        Ok(true)
+        })
     }
 }

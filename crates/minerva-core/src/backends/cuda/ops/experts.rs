@@ -1,5 +1,7 @@
-//! The fused mixture of experts (`kernels/experts.cu`): one launch for the gate and up
-//! products with their SwiGLU, one for the down products with the router's mixing.
+//! The mixture of experts on CUDA. Decode: the fused kernels of `kernels/experts.cu`, one
+//! launch for the gate and up products with their SwiGLU, one for the down products with
+//! the router's mixing. Prompts: the (token, expert) pairs sorted by expert, each expert's
+//! rows one tensor-core product (see `gemm.rs`).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -128,8 +130,8 @@ pub(crate) fn mixture_of_experts(
         )));
     }
     let dev = device_of(x)?;
-    let dequant = weight_arg(experts.down)?.1.dequant;
-    if worth_it(&dev, tokens, inter, hidden) && inter.is_multiple_of(8) && dev.has_blas() {
+    if worth_it(&dev, tokens, inter, hidden) && inter.is_multiple_of(8) {
+        let dequant = weight_arg(experts.down)?.1.dequant;
         let sorted = SortedPairs::new(ids, experts.down.dim(0))?;
         let rows = ExpertProducts {
             gate,
@@ -283,6 +285,40 @@ struct ExpertProducts {
     hidden: usize,
 }
 
+/// For each expert with pairs, its rows of `y` (f32 `[pairs, n]`, sorted order) = its rows
+/// of `x` (f16 `[pairs, k]`) times its `[n, k]` weight, which `decode(first expert, out)`
+/// writes in f16 for a batch of experts at a time.
+fn expert_products(
+    dev: &Arc<CudaDevice>,
+    sorted: &SortedPairs,
+    (n, k): (usize, usize),
+    (x, y): (u64, u64),
+    decode: impl Fn(usize, &HalfOut) -> Result<()>,
+) -> Result<()> {
+    let per_expert = n * k;
+    let batch = decode_batch(2 * per_expert, sorted.spans.len());
+    let scratch = dev.alloc(2 * per_expert * batch)?;
+    for (first, spans) in sorted.batches(batch) {
+        let to = HalfOut {
+            ptr: scratch.ptr(),
+            count: spans.len(),
+            stride: per_expert,
+        };
+        decode(first, &to)?;
+        for (i, &(row0, rows)) in spans.iter().enumerate().filter(|(_, s)| s.1 > 0) {
+            dev.half_gemm(&HalfGemm {
+                m: rows,
+                n,
+                k,
+                x: x + (2 * row0 * k) as u64,
+                w: scratch.ptr() + (2 * i * per_expert) as u64,
+                y: y + (4 * row0 * n) as u64,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The experts of a prompt on tensor cores: per expert with pairs, its gate and up rows
 /// decoded to f16 and multiplied with its pairs' inputs, the SwiGLU of all pairs, then per
 /// expert its down rows times its pairs' SwiGLU outputs, and each token's mix.
@@ -305,33 +341,25 @@ fn grouped(
         hidden,
     )?;
     let gu = dev.alloc(4 * pairs * 2 * inter)?;
-    // Gate rows then up rows of each expert of a batch: [batch, 2 * inter, hidden] f16.
-    let per_expert = 2 * inter * hidden;
-    let batch = decode_batch(2 * per_expert, sorted.spans.len());
-    let w_gate_up = dev.alloc(2 * per_expert * batch)?;
-    for (first, spans) in sorted.batches(batch) {
-        for (half, m) in [&p.gate, &p.up].into_iter().enumerate() {
-            let to = HalfOut {
-                ptr: w_gate_up.ptr() + (2 * half * inter * hidden) as u64,
-                count: spans.len(),
-                stride: per_expert,
-            };
-            let layout = (inter, m.step as usize, m.offset as usize);
-            half_weight(dev, (&m.w, p.dequant), first, layout, &to)?;
-        }
-        for (i, &(row0, rows)) in spans.iter().enumerate().filter(|(_, s)| s.1 > 0) {
-            dev.half_gemm(&HalfGemm {
-                m: rows,
-                n: 2 * inter,
-                k: hidden,
-                x: xs.ptr() + (2 * row0 * hidden) as u64,
-                w: w_gate_up.ptr() + (2 * i * per_expert) as u64,
-                y: gu.ptr() + (4 * row0 * 2 * inter) as u64,
-                beta: 0.0,
-            })?;
-        }
-    }
-    drop((xs, w_gate_up));
+    // Each expert's gate rows, then its up rows: one [2 * inter, hidden] weight.
+    expert_products(
+        dev,
+        sorted,
+        (2 * inter, hidden),
+        (xs.ptr(), gu.ptr()),
+        |first, to| {
+            for (half, m) in [&p.gate, &p.up].into_iter().enumerate() {
+                let to = HalfOut {
+                    ptr: to.ptr + (2 * half * inter * hidden) as u64,
+                    ..*to
+                };
+                let layout = (inter, m.step as usize, m.offset as usize);
+                half_weight(dev, (&m.w, p.dequant), first, layout, &to)?;
+            }
+            Ok(())
+        },
+    )?;
+    drop(xs);
     let h = dev.alloc(2 * pairs * inter)?;
     dev.launch(
         "expert_swiglu_sorted",
@@ -352,28 +380,13 @@ fn grouped(
     )?;
     drop(gu);
     let y = dev.alloc(4 * pairs * hidden)?;
-    let per_expert = hidden * inter;
-    let batch = decode_batch(2 * per_expert, sorted.spans.len());
-    let w_down = dev.alloc(2 * per_expert * batch)?;
-    for (first, spans) in sorted.batches(batch) {
-        let to = HalfOut {
-            ptr: w_down.ptr(),
-            count: spans.len(),
-            stride: per_expert,
-        };
-        half_weight(dev, (&p.down.w, p.dequant), first, (hidden, 1, 0), &to)?;
-        for (i, &(row0, rows)) in spans.iter().enumerate().filter(|(_, s)| s.1 > 0) {
-            dev.half_gemm(&HalfGemm {
-                m: rows,
-                n: hidden,
-                k: inter,
-                x: h.ptr() + (2 * row0 * inter) as u64,
-                w: w_down.ptr() + (2 * i * per_expert) as u64,
-                y: y.ptr() + (4 * row0 * hidden) as u64,
-                beta: 0.0,
-            })?;
-        }
-    }
+    expert_products(
+        dev,
+        sorted,
+        (hidden, inter),
+        (h.ptr(), y.ptr()),
+        |first, to| half_weight(dev, (&p.down.w, p.dequant), first, (hidden, 1, 0), to),
+    )?;
     let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
     dev.launch(
         "expert_mix_sorted",

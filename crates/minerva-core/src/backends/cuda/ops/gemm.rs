@@ -20,9 +20,14 @@ pub(super) const GEMM_MIN_TOKENS: usize = 32;
 const GEMM_MIN_OUTPUTS: usize = 64;
 
 /// Whether a product of `tokens` tokens with a `[n, k]` weight goes to tensor cores on
-/// `dev` (rows of a multiple of 8 values keep every f16 row 16-byte aligned).
+/// `dev` (rows of a multiple of 8 values keep every f16 row 16-byte aligned; cuBLAS is
+/// there).
 pub(super) fn worth_it(dev: &CudaDevice, tokens: usize, n: usize, k: usize) -> bool {
-    tokens >= GEMM_MIN_TOKENS && n >= GEMM_MIN_OUTPUTS && k.is_multiple_of(8) && !dev.is_capturing()
+    tokens >= GEMM_MIN_TOKENS
+        && n >= GEMM_MIN_OUTPUTS
+        && k.is_multiple_of(8)
+        && !dev.is_capturing()
+        && dev.has_blas()
 }
 
 /// `rows` rows of `k` f32 values at `x` (row `index[r] / divisor` for row r where `index`
@@ -53,6 +58,7 @@ pub(super) fn half_rows(
 }
 
 /// Where [`half_weight`] puts its rows: `count` matrices, `stride` values apart, from `ptr`.
+#[derive(Clone, Copy)]
 pub(super) struct HalfOut {
     pub ptr: u64,
     pub count: usize,
@@ -98,7 +104,7 @@ pub(super) fn linear(
 ) -> Result<bool> {
     let (n, k) = (w.dim(0), w.dim(1));
     let tokens = x.numel() / k;
-    if !worth_it(dev, tokens, n, k) || !dev.has_blas() {
+    if !worth_it(dev, tokens, n, k) {
         return Ok(false);
     }
     let xh = half_rows(dev, x.device_ptr()?, 0, 1, tokens, k)?;
@@ -118,18 +124,14 @@ pub(super) fn linear(
         decoded.ptr()
     };
     let y = out.device_ptr()?;
-    let gemm = HalfGemm {
+    dev.half_gemm(&HalfGemm {
         m: tokens,
         n,
         k,
         x: xh.ptr(),
         w: wh,
         y,
-        beta: 0.0,
-    };
-    if !dev.half_gemm(&gemm)? {
-        return Ok(false);
-    }
+    })?;
     if let Some(bias) = bias {
         super::add_rows(dev, y, bias, tokens * n)?;
     }
