@@ -6,6 +6,7 @@
 // device, so a captured graph replays unchanged.
 
 #define ATTN_WARPS 4
+#define ATTN_BATCH 4  // keys per warp whose rows are loaded together
 
 // The lane's dimensions (lane, lane + 32, ...) of the cached row at `row` (0 past head_dim).
 template <int D, bool HALF>
@@ -57,28 +58,39 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
         }
     }
     const i64 base = (i64)h * capacity * HD;
-    for (int j = start + warp; j < end; j += ATTN_WARPS) {
-        float kr[D], vr[D], sc[GMAX];
-        load_kv_row<D, HALF>(kc, base + (i64)j * HD, lane, HD, kr);
+    // Each warp takes ATTN_BATCH keys at a time and loads all their K and V rows before using
+    // any: one memory round trip per batch instead of two per key.
+    for (int j0 = start + warp * ATTN_BATCH; j0 < end; j0 += ATTN_WARPS * ATTN_BATCH) {
+        float kr[ATTN_BATCH][D], vr[ATTN_BATCH][D];
 #pragma unroll
-        for (int g = 0; g < GMAX; g++) {
-            if (g < G) {
-                float s = 0.0f;
-#pragma unroll
-                for (int d = 0; d < D; d++) s = fmaf(qr[g][d], kr[d], s);
-                sc[g] = warp_sum(s) * scale;
-            }
+        for (int b = 0; b < ATTN_BATCH; b++) {
+            const i64 row = base + (i64)min(j0 + b, end - 1) * HD;  // past `end`: not used
+            load_kv_row<D, HALF>(kc, row, lane, HD, kr[b]);
+            load_kv_row<D, HALF>(vc, row, lane, HD, vr[b]);
         }
-        load_kv_row<D, HALF>(vc, base + (i64)j * HD, lane, HD, vr);
 #pragma unroll
-        for (int g = 0; g < GMAX; g++) {
-            if (g < G) {
-                const float mn = fmaxf(m[g], sc[g]);
-                const float corr = expf(m[g] - mn), pe = expf(sc[g] - mn);
-                l[g] = l[g] * corr + pe;
+        for (int b = 0; b < ATTN_BATCH; b++) {
+            if (j0 + b >= end) break;
+            float sc[GMAX];
 #pragma unroll
-                for (int d = 0; d < D; d++) acc[g][d] = fmaf(acc[g][d], corr, pe * vr[d]);
-                m[g] = mn;
+            for (int g = 0; g < GMAX; g++) {
+                if (g < G) {
+                    float s = 0.0f;
+#pragma unroll
+                    for (int d = 0; d < D; d++) s = fmaf(qr[g][d], kr[b][d], s);
+                    sc[g] = warp_sum(s) * scale;
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < GMAX; g++) {
+                if (g < G) {
+                    const float mn = fmaxf(m[g], sc[g]);
+                    const float corr = expf(m[g] - mn), pe = expf(sc[g] - mn);
+                    l[g] = l[g] * corr + pe;
+#pragma unroll
+                    for (int d = 0; d < D; d++) acc[g][d] = fmaf(acc[g][d], corr, pe * vr[b][d]);
+                    m[g] = mn;
+                }
             }
         }
     }
