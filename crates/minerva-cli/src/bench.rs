@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use clap::Args;
+use minerva_core::ops::{Draw, SampleSettings};
 use minerva_core::Device;
 use minerva_engine::sampler::argmax;
 use minerva_engine::{forward, ContiguousKvCache, DecodeStep};
@@ -31,6 +32,14 @@ library of human knowledge. Today, language models running on ordinary processor
 answer questions, summarize documents and write code, and the engineering challenge has \
 moved to making them fast and efficient on the hardware that people already own. ";
 
+/// The draws of `--sample`: settings chat users commonly run with.
+const BENCH_SAMPLING: SampleSettings = SampleSettings {
+    temperature: 1.0,
+    top_k: 40,
+    top_p: 0.95,
+    min_p: 0.0,
+};
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// Prompt length for the prefill measurement
@@ -49,6 +58,10 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
+    /// Decode by sampling (temperature 1, top-k 40, top-p 0.95, drawn where the logits are)
+    /// instead of greedily
+    #[arg(long)]
+    pub sample: bool,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -64,6 +77,7 @@ fn decode_rate(
     prompt: &[u32],
     gen_tokens: usize,
     max_len: Option<usize>,
+    sample: Option<SampleSettings>,
 ) -> anyhow::Result<DecodeRun> {
     let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
     let finite = |logits: &[f32]| -> anyhow::Result<u32> {
@@ -77,8 +91,14 @@ fn decode_rate(
     let mut token = finite(&logits.to_f32_vec()?)?;
     let mut step = DecodeStep::new();
     let t = Instant::now();
-    for _ in 0..gen_tokens {
-        token = step.greedy(model, &mut cache, token)?;
+    for counter in 0..gen_tokens as u32 {
+        token = match sample {
+            Some(settings) => {
+                let draw = Draw { seed: 0, counter };
+                step.sample(model, &mut cache, token, settings, draw)?
+            }
+            None => step.greedy(model, &mut cache, token)?,
+        };
     }
     let tok_s = gen_tokens as f64 / t.elapsed().as_secs_f64();
     finite(&step.logits(model, &mut cache, token)?)?;
@@ -116,6 +136,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     let short = &base[..8.min(base.len())];
     let max_len = Some(args.prompt_tokens.max(short.len() + args.gen_tokens) + 1);
 
+    let sample = args.sample.then_some(BENCH_SAMPLING);
     let one_run = || -> anyhow::Result<(f64, f64)> {
         let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
         let t = Instant::now();
@@ -125,7 +146,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 
         Ok((
             prefill,
-            decode_rate(model, short, args.gen_tokens, max_len)?.tok_s,
+            decode_rate(model, short, args.gen_tokens, max_len, sample)?.tok_s,
         ))
     };
     one_run()?;
@@ -157,7 +178,15 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
             engine.load_time().as_secs_f64() * 1e3
         );
         println!("prefill-{}: {prefill:.1} tok/s", args.prompt_tokens);
-        println!("decode ({} tokens): {decode:.1} tok/s", args.gen_tokens);
+        let how = if args.sample {
+            ", sampled: temperature 1, top-k 40, top-p 0.95"
+        } else {
+            ""
+        };
+        println!(
+            "decode ({} tokens{how}): {decode:.1} tok/s",
+            args.gen_tokens
+        );
     }
     if let Device::Cuda(n) = model.device() {
         if !args.json {
@@ -207,6 +236,7 @@ fn roofline(
             &prompt(context),
             gen_tokens,
             Some(context + gen_tokens + 2),
+            None,
         )?;
         let rate = run.tok_s;
         if context == 128 {

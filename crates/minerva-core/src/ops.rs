@@ -6,11 +6,14 @@
 
 use half::{bf16, f16};
 
-use crate::backends::cpu::{attention as cpu_attention, dense, elementwise, grouped, quant};
+use crate::backends::cpu::{
+    attention as cpu_attention, dense, elementwise, grouped, quant, sampling,
+};
 use crate::backends::cuda::ops as gpu;
 use crate::{Array, DType, Device, Error, Result};
 
 pub use crate::backends::cpu::elementwise::RopeStyle;
+pub use crate::backends::cpu::sampling::{Draw, SampleSettings};
 
 mod experts;
 pub use experts::{mixture_of_experts, ExpertGateUp, SwigluExperts};
@@ -414,6 +417,41 @@ pub fn argmax(x: &Array) -> Result<Array> {
     let values = x.as_f32()?;
     let ids: Vec<i32> = (0..rows)
         .map(|r| elementwise::argmax(&values[r * n..(r + 1) * n]) as i32)
+        .collect();
+    Array::from_i32(&ids, &[rows])
+}
+
+/// One token drawn from each row of `[rows, n]` f32 logits with temperature, top-k, top-p
+/// and min-p (`settings[r]`), seeded by `draws[r]`, as `[rows]` i32. The rules, identical on
+/// every device, are in `backends/cpu/sampling.rs`; a temperature must be positive (greedy
+/// decoding is [`argmax`]).
+pub fn sample(x: &Array, settings: &[SampleSettings], draws: &[Draw]) -> Result<Array> {
+    let &[rows, n] = x.shape() else {
+        return shape_err(format!("sample of {:?}: want [rows, n]", x.shape()));
+    };
+    expect_f32("sample", x)?;
+    if settings.len() != rows || draws.len() != rows {
+        return shape_err(format!(
+            "sample: {rows} rows, {} settings, {} draws",
+            settings.len(),
+            draws.len()
+        ));
+    }
+    if let Some(s) = settings
+        .iter()
+        .find(|s| s.temperature.is_nan() || s.temperature <= 0.0)
+    {
+        return Err(Error::Unsupported(format!(
+            "sample at temperature {} (greedy decoding is argmax)",
+            s.temperature
+        )));
+    }
+    if on_gpu("sample", &[x])? {
+        return gpu::sample(x, settings, draws);
+    }
+    let values = x.as_f32()?;
+    let ids: Vec<i32> = (0..rows)
+        .map(|r| sampling::sample_row(&values[r * n..(r + 1) * n], &settings[r], &draws[r]) as i32)
         .collect();
     Array::from_i32(&ids, &[rows])
 }

@@ -13,7 +13,9 @@
 //! operands, weights and activations each rounded to f16 (relative 4.9e-4) and f32 sums:
 //! 2e-3 for every format there.
 
-use minerva_core::ops::{self, AttentionOptions, ExpertGateUp, Rope, RopeStyle, SwigluExperts};
+use minerva_core::ops::{
+    self, AttentionOptions, Draw, ExpertGateUp, Rope, RopeStyle, SampleSettings, SwigluExperts,
+};
 use minerva_core::{Array, DType, Device};
 
 const GPU: Device = Device::Cuda(0);
@@ -547,6 +549,60 @@ fn argmax_rows() {
             want.as_i32().unwrap(),
             "argmax of [{rows}, {n}]"
         );
+    }
+}
+
+/// Seeded draws pick the same tokens on the GPU as on the CPU, for every mix of
+/// temperature, top-k, top-p and min-p, over a vocabulary the size of gpt-oss's.
+#[test]
+fn sampling_matches_the_cpu() {
+    if !gpu_ready("sampling_matches_the_cpu") {
+        return;
+    }
+    let mut rng = Rng(21);
+    for (rows, n) in [(1, 7), (2, 201_088)] {
+        // Logits spread over ~16 nats like a model's, with a few standing out.
+        let mut values: Vec<f32> = rng.vec(rows * n).iter().map(|v| 8.0 * v).collect();
+        for r in 0..rows {
+            values[r * n + (n / 2 + r) % n] = 11.0;
+            values[r * n + (n / 5) % n] = 10.5;
+        }
+        let x = Array::from_f32(&values, &[rows, n]).unwrap();
+        let x_gpu = gpu(&x);
+        for (temperature, top_k, top_p, min_p) in [
+            (1.0, 0, 1.0, 0.0),
+            (0.7, 50, 1.0, 0.0),
+            (1.0, 0, 0.9, 0.0),
+            (1.3, 40, 0.95, 0.05),
+            (1.0, 1, 1.0, 0.0),
+            (2.0, 0, 0.5, 0.0),
+        ] {
+            let settings = vec![
+                SampleSettings {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p
+                };
+                rows
+            ];
+            for counter in 0..24 {
+                let draws: Vec<Draw> = (0..rows as u64)
+                    .map(|r| Draw {
+                        seed: 99 + r,
+                        counter,
+                    })
+                    .collect();
+                let want = ops::sample(&x, &settings, &draws).unwrap();
+                let got = ops::sample(&x_gpu, &settings, &draws).unwrap();
+                assert_eq!(
+                    got.to_device(Device::Cpu).unwrap().as_i32().unwrap(),
+                    want.as_i32().unwrap(),
+                    "[{rows}, {n}] {:?} counter {counter}",
+                    settings[0]
+                );
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use minerva_core::backends::cuda::{self, CudaDevice, CudaGraph};
+use minerva_core::ops::{Draw, SampleSettings};
 use minerva_core::{ops, Array, DType, Device};
 use minerva_models::{CausalLm, KvCache, Logits};
 
@@ -61,6 +62,23 @@ impl DecodeStep {
             Output::Eager(logits) => argmax(&logits.to_f32_vec()?),
             Output::Replayed(c) => c.greedy.to_device(Device::Cpu)?.as_i32()?[0] as u32,
         })
+    }
+
+    /// Runs `token` at position `cache.len()` and draws the next token where the logits are
+    /// (`ops::sample`): on a GPU only the id comes back.
+    pub fn sample(
+        &mut self,
+        model: &dyn CausalLm,
+        cache: &mut ContiguousKvCache,
+        token: u32,
+        settings: SampleSettings,
+        draw: Draw,
+    ) -> minerva_models::Result<u32> {
+        let id = match self.run(model, cache, token)? {
+            Output::Eager(logits) => ops::sample(&logits, &[settings], &[draw])?,
+            Output::Replayed(c) => ops::sample(&c.logits, &[settings], &[draw])?,
+        };
+        Ok(id.to_device(Device::Cpu)?.as_i32()?[0] as u32)
     }
 
     /// Runs `token` at position `cache.len()` and returns the next token's logits.

@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use minerva_core::Array;
+use minerva_core::{Array, Device};
 use minerva_models::tokenizer::Tokenizer;
 use minerva_models::{CausalLm, KvCache, Logits};
 
@@ -277,9 +277,18 @@ impl<'m> Session<'m> {
                 }
                 let last = *self.tokens.last().expect("a prompt token ran");
                 let (model, cache) = (self.model, &mut self.cache);
-                if run.sampler.is_argmax() && run.options.logprobs.is_none() {
+                let on_gpu = matches!(model.device(), Device::Cuda(_));
+                let ids_only = run.options.logprobs.is_none();
+                if run.sampler.is_argmax() && ids_only {
                     // Only the id crosses from the device.
                     let id = self.decode.greedy(model, cache, last)?;
+                    run.sampler.accept(id);
+                    (id, Vec::new())
+                } else if let Some((settings, draw)) = (on_gpu && ids_only)
+                    .then(|| run.sampler.device_draw())
+                    .flatten()
+                {
+                    let id = self.decode.sample(model, cache, last, settings, draw)?;
                     run.sampler.accept(id);
                     (id, Vec::new())
                 } else {

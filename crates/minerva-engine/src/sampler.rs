@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use minerva_core::ops::{Draw, SampleSettings};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -47,19 +48,21 @@ impl Default for SamplerConfig {
 pub struct Sampler {
     config: SamplerConfig,
     rng: StdRng,
+    /// The seed of the draws made on a device, and how many were made.
+    seed: u64,
+    device_draws: u32,
     /// How often each token was sampled so far (for the presence/frequency penalties).
     produced: HashMap<u32, u32>,
 }
 
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Sampler {
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::seed_from_u64(rand::random()),
-        };
+        let seed = config.seed.unwrap_or_else(rand::random);
         Sampler {
             config,
-            rng,
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            device_draws: 0,
             produced: HashMap::new(),
         }
     }
@@ -76,6 +79,32 @@ impl Sampler {
             && c.repetition_penalty == 1.0
             && c.presence_penalty == 0.0
             && c.frequency_penalty == 0.0
+    }
+
+    /// The settings and randomness of the next draw made where the logits are (see
+    /// `ops::sample`), when the choice depends on the logits alone: sampling (not greedy)
+    /// without penalties over the history. Each call is a new draw; seeded samplers repeat.
+    pub fn device_draw(&mut self) -> Option<(SampleSettings, Draw)> {
+        let c = &self.config;
+        if c.temperature <= 0.0
+            || c.repetition_penalty != 1.0
+            || c.presence_penalty != 0.0
+            || c.frequency_penalty != 0.0
+        {
+            return None;
+        }
+        let draw = Draw {
+            seed: self.seed,
+            counter: self.device_draws,
+        };
+        self.device_draws += 1;
+        let settings = SampleSettings {
+            temperature: c.temperature,
+            top_k: c.top_k,
+            top_p: c.top_p,
+            min_p: c.min_p,
+        };
+        Some((settings, draw))
     }
 
     /// Records `token`, picked elsewhere by [`argmax`] as [`is_argmax`](Sampler::is_argmax)
@@ -284,5 +313,37 @@ mod tests {
             let mut s = Sampler::new(cfg);
             assert!((0..200).all(|_| s.sample(&logits, &[]) < 2));
         }
+    }
+
+    #[test]
+    fn device_draws_only_without_penalties_and_repeat_under_a_seed() {
+        let greedy = SamplerConfig::default();
+        assert!(Sampler::new(greedy).device_draw().is_none());
+        let penalised = SamplerConfig {
+            temperature: 0.8,
+            repetition_penalty: 1.1,
+            ..SamplerConfig::default()
+        };
+        assert!(Sampler::new(penalised).device_draw().is_none());
+        let cfg = SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            seed: Some(5),
+            ..SamplerConfig::default()
+        };
+        let draws = |cfg: &SamplerConfig| {
+            let mut s = Sampler::new(cfg.clone());
+            (0..3).map(|_| s.device_draw().unwrap()).collect::<Vec<_>>()
+        };
+        let (a, b) = (draws(&cfg), draws(&cfg));
+        assert_eq!(a, b);
+        let (settings, first) = a[0];
+        assert_eq!(
+            (settings.top_k, settings.top_p, settings.min_p),
+            (40, 0.9, 0.05)
+        );
+        assert_eq!((first.seed, a[1].1.counter, a[2].1.counter), (5, 1, 2));
     }
 }

@@ -1,13 +1,14 @@
 //! Decode steps replayed from a captured CUDA graph against the same steps run op by op on
 //! the GPU, across cache growth (each growth moves the cache and forces a new capture) and
-//! with greedy picks made on the device. Both paths launch the same kernels with the same
+//! with greedy picks and sampled draws made on the device. Both paths launch the same kernels with the same
 //! arguments, so they should agree to the last bit; the 1e-6 bound (relative to the largest
 //! logit) admits nothing beyond f32 rounding noise. Agreement with transformers is checked
 //! in `reference_logits.rs`, through the graph too.
 
 use std::path::PathBuf;
 
-use minerva_core::Device;
+use minerva_core::ops::{self, Draw, SampleSettings};
+use minerva_core::{Array, Device};
 use minerva_engine::sampler::argmax;
 use minerva_engine::{ContiguousKvCache, DecodeStep};
 use minerva_models::{load_model, KvCache, Logits};
@@ -41,19 +42,42 @@ fn graph_replays_match_eager_steps_across_cache_growth() {
             .unwrap()
             .to_f32_vec()
             .unwrap();
-        let next = if i % 2 == 0 {
-            let got = step.logits(model, &mut graphed, token).unwrap();
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            worst = worst.max(diff / scale);
-            argmax(&got)
-        } else {
-            step.greedy(model, &mut graphed, token).unwrap()
+        let next = match i % 3 {
+            0 => {
+                let got = step.logits(model, &mut graphed, token).unwrap();
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                worst = worst.max(diff / scale);
+                argmax(&got)
+            }
+            1 => step.greedy(model, &mut graphed, token).unwrap(),
+            _ => {
+                // A draw on the device picks what the CPU picks from the same logits.
+                let settings = SampleSettings {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 0.9,
+                    min_p: 0.0,
+                };
+                let draw = Draw {
+                    seed: 11,
+                    counter: i,
+                };
+                let got = step
+                    .sample(model, &mut graphed, token, settings, draw)
+                    .unwrap();
+                let logits = Array::from_f32(&want, &[1, want.len()]).unwrap();
+                let on_cpu = ops::sample(&logits, &[settings], &[draw]).unwrap();
+                assert_eq!(got as i32, on_cpu.as_i32().unwrap()[0], "step {i}: draw");
+                got
+            }
         };
-        assert_eq!(next, argmax(&want), "step {i}: greedy pick");
+        if i % 3 != 2 {
+            assert_eq!(next, argmax(&want), "step {i}: greedy pick");
+        }
         assert_eq!(graphed.len(), eager.len());
         token = next;
     }

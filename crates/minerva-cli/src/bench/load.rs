@@ -93,7 +93,7 @@ pub(super) fn bench_load(path: &Path, runs: usize, args: &BenchArgs) -> anyhow::
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
     let max_len = Some(PROMPT + args.gen_tokens + 1);
-    let decode = decode_rate(model.as_ref(), &prompt, args.gen_tokens, max_len)?.tok_s;
+    let decode = decode_rate(model.as_ref(), &prompt, args.gen_tokens, max_len, None)?.tok_s;
     let rss_decoded = Rss::now();
     let threads = rayon::current_num_threads();
     let round = |x: f64| (x * 10.0).round() / 10.0;

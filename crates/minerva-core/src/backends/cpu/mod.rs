@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod grouped;
 pub mod quant;
 pub mod quantize;
+pub mod sampling;
 
 use std::ops::Range;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::{CudaDevice, KernelArg};
-use crate::ops::{AttentionOptions, Rope, RopeStyle};
+use crate::ops::{AttentionOptions, Draw, Rope, RopeStyle, SampleSettings};
 use crate::{Array, DType, Error, Result};
 
 /// Rows of a weight per block in the matrix-vector kernels (one warp each).
@@ -796,10 +796,7 @@ const ARGMAX_SPAN: usize = 4096;
 pub(crate) fn argmax(x: &Array) -> Result<Array> {
     let dev = device_of(x)?;
     let (rows, n) = (x.dim(0), x.dim(1));
-    let parts = n.div_ceil(ARGMAX_SPAN).max(1);
-    let part_v = Array::empty_cuda(&dev, DType::F32, &[rows, parts])?;
-    let part_i = Array::empty_cuda(&dev, DType::I32, &[rows, parts])?;
-    let ids = Array::empty_cuda(&dev, DType::I32, &[rows])?;
+    let (parts, part_v, part_i, ids) = argmax_buffers(&dev, rows, n)?;
     if rows == 0 {
         return Ok(ids);
     }
@@ -815,9 +812,37 @@ pub(crate) fn argmax(x: &Array) -> Result<Array> {
             &(ARGMAX_SPAN as i32),
         ],
     )?;
+    argmax_final(&dev, &part_v, &part_i, &ids, parts)?;
+    Ok(ids)
+}
+
+/// The slices per row of a two-stage argmax over `[rows, n]`, their partial results (value,
+/// index) and the `[rows]` output.
+fn argmax_buffers(
+    dev: &Arc<CudaDevice>,
+    rows: usize,
+    n: usize,
+) -> Result<(usize, Array, Array, Array)> {
+    let parts = n.div_ceil(ARGMAX_SPAN).max(1);
+    Ok((
+        parts,
+        Array::empty_cuda(dev, DType::F32, &[rows, parts])?,
+        Array::empty_cuda(dev, DType::I32, &[rows, parts])?,
+        Array::empty_cuda(dev, DType::I32, &[rows])?,
+    ))
+}
+
+/// The second argmax stage: a block per row merges its `parts` partial results into `ids`.
+fn argmax_final(
+    dev: &CudaDevice,
+    part_v: &Array,
+    part_i: &Array,
+    ids: &Array,
+    parts: usize,
+) -> Result<()> {
     dev.launch(
         "argmax_final",
-        (rows as u32, 1, 1),
+        (ids.dim(0) as u32, 1, 1),
         (parts.next_multiple_of(32)).min(1024) as u32,
         &[
             &part_v.device_ptr()?,
@@ -825,6 +850,55 @@ pub(crate) fn argmax(x: &Array) -> Result<Array> {
             &ids.device_ptr()?,
             &(parts as i32),
         ],
+    )
+}
+
+/// One token drawn from each row (see `ops::sample`): a block per row finds the row's
+/// threshold (`sample_bounds`), then the argmax stages pick among the kept values by their
+/// Gumbel-perturbed scores.
+pub(crate) fn sample(x: &Array, settings: &[SampleSettings], draws: &[Draw]) -> Result<Array> {
+    let dev = device_of(x)?;
+    let device = x.device();
+    let (rows, n) = (x.dim(0), x.dim(1));
+    let settings: Vec<f32> = settings.iter().flat_map(SampleSettings::to_row).collect();
+    let settings = Array::from_f32(&settings, &[rows, 4])?.to_device(device)?;
+    let draws: Vec<i32> = draws
+        .iter()
+        .flat_map(Draw::to_row)
+        .map(|w| w as i32)
+        .collect();
+    let draws = Array::from_i32(&draws, &[rows, 3])?.to_device(device)?;
+    let bounds = Array::empty_cuda(&dev, DType::I32, &[rows, 2])?;
+    let (parts, part_v, part_i, ids) = argmax_buffers(&dev, rows, n)?;
+    if rows == 0 {
+        return Ok(ids);
+    }
+    dev.launch(
+        "sample_bounds",
+        (rows as u32, 1, 1),
+        1024,
+        &[
+            &x.device_ptr()?,
+            &settings.device_ptr()?,
+            &bounds.device_ptr()?,
+            &(n as i32),
+        ],
     )?;
+    dev.launch(
+        "sample_partial",
+        (parts as u32, rows as u32, 1),
+        256,
+        &[
+            &x.device_ptr()?,
+            &settings.device_ptr()?,
+            &bounds.device_ptr()?,
+            &draws.device_ptr()?,
+            &part_v.device_ptr()?,
+            &part_i.device_ptr()?,
+            &(n as i32),
+            &(ARGMAX_SPAN as i32),
+        ],
+    )?;
+    argmax_final(&dev, &part_v, &part_i, &ids, parts)?;
     Ok(ids)
 }
