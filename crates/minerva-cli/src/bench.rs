@@ -178,11 +178,12 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
             engine.load_time().as_secs_f64() * 1e3
         );
         println!("prefill-{}: {prefill:.1} tok/s", args.prompt_tokens);
-        let how = if args.sample {
-            ", sampled: temperature 1, top-k 40, top-p 0.95"
-        } else {
-            ""
-        };
+        let how = sample.map_or(String::new(), |s| {
+            format!(
+                ", sampled: temperature {}, top-k {}, top-p {}",
+                s.temperature, s.top_k, s.top_p
+            )
+        });
         println!(
             "decode ({} tokens{how}): {decode:.1} tok/s",
             args.gen_tokens

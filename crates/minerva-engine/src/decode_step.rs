@@ -46,6 +46,21 @@ enum Output<'a> {
     Replayed(&'a Captured),
 }
 
+impl Output<'_> {
+    /// The step's `[1, vocab]` logits, wherever they are.
+    fn logits(&self) -> &Array {
+        match self {
+            Output::Eager(logits) => logits,
+            Output::Replayed(c) => &c.logits,
+        }
+    }
+}
+
+/// The id in a `[1]` i32 array, brought to the host.
+fn host_id(ids: &Array) -> minerva_models::Result<u32> {
+    Ok(ids.to_device(Device::Cpu)?.as_i32()?[0] as u32)
+}
+
 impl DecodeStep {
     pub fn new() -> DecodeStep {
         DecodeStep::default()
@@ -60,7 +75,7 @@ impl DecodeStep {
     ) -> minerva_models::Result<u32> {
         Ok(match self.run(model, cache, token)? {
             Output::Eager(logits) => argmax(&logits.to_f32_vec()?),
-            Output::Replayed(c) => c.greedy.to_device(Device::Cpu)?.as_i32()?[0] as u32,
+            Output::Replayed(c) => host_id(&c.greedy)?,
         })
     }
 
@@ -74,11 +89,8 @@ impl DecodeStep {
         settings: SampleSettings,
         draw: Draw,
     ) -> minerva_models::Result<u32> {
-        let id = match self.run(model, cache, token)? {
-            Output::Eager(logits) => ops::sample(&logits, &[settings], &[draw])?,
-            Output::Replayed(c) => ops::sample(&c.logits, &[settings], &[draw])?,
-        };
-        Ok(id.to_device(Device::Cpu)?.as_i32()?[0] as u32)
+        let out = self.run(model, cache, token)?;
+        host_id(&ops::sample(out.logits(), &[settings], &[draw])?)
     }
 
     /// Runs `token` at position `cache.len()` and returns the next token's logits.
@@ -88,10 +100,7 @@ impl DecodeStep {
         cache: &mut ContiguousKvCache,
         token: u32,
     ) -> minerva_models::Result<Vec<f32>> {
-        Ok(match self.run(model, cache, token)? {
-            Output::Eager(logits) => logits.to_f32_vec()?,
-            Output::Replayed(c) => c.logits.to_f32_vec()?,
-        })
+        Ok(self.run(model, cache, token)?.logits().to_f32_vec()?)
     }
 
     /// The captured graph's operations per step (kernels, copies), if a graph runs the steps.

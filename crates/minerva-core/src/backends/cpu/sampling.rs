@@ -14,6 +14,9 @@
 //!   where `u` is a uniform draw hashed from (seed, counter, token id). This samples the
 //!   softmax of the kept logits exactly, with no sort and no prefix sum.
 
+/// The largest top-k the kernels read exactly (as an f32); larger ones act as this.
+const MAX_TOP_K: usize = 1 << 24;
+
 /// Temperature (> 0), top-k (0 = off), top-p (1 = off) and min-p (0 = off) of one draw.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleSettings {
@@ -28,7 +31,7 @@ impl SampleSettings {
     pub fn to_row(&self) -> [f32; 4] {
         [
             self.temperature,
-            self.top_k.min(1 << 24) as f32,
+            self.top_k.min(MAX_TOP_K) as f32,
             self.top_p,
             self.min_p,
         ]
@@ -88,23 +91,22 @@ pub fn bounds(row: &[f32], s: &SampleSettings) -> (f32, u32) {
     if m == f32::NEG_INFINITY {
         return (m, 0);
     }
-    let mut keyed: Vec<(u32, u64)> = row
-        .iter()
-        .map(|&l| (order_key(l), fixed_mass(l, m, s.temperature)))
-        .collect();
+    // (key, logit), largest key first.
+    let mut keyed: Vec<(u32, f32)> = row.iter().map(|&l| (order_key(l), l)).collect();
     keyed.sort_unstable_by_key(|&(key, _)| std::cmp::Reverse(key));
     let mut floor = 0;
-    let k = s.top_k.min(1 << 24);
+    let k = s.top_k.min(MAX_TOP_K);
     if k > 0 && k < row.len() {
         floor = keyed[k - 1].0;
         keyed.retain(|&(key, _)| key >= floor);
     }
     if s.top_p < 1.0 {
-        let total: u64 = keyed.iter().map(|&(_, w)| w).sum();
+        let mass = |l: f32| fixed_mass(l, m, s.temperature);
+        let total: u64 = keyed.iter().map(|&(_, l)| mass(l)).sum();
         let target = ((s.top_p as f64 * total as f64).ceil() as u64).max(1);
         let mut cum = 0;
-        for (i, &(key, w)) in keyed.iter().enumerate() {
-            cum += w;
+        for (i, &(key, l)) in keyed.iter().enumerate() {
+            cum += mass(l);
             let group_ends = keyed.get(i + 1).is_none_or(|next| next.0 != key);
             if group_ends && cum >= target {
                 floor = floor.max(key);

@@ -598,9 +598,20 @@ const MAX_SPLITS: usize = 64;
 const FLASH_MIN_TOKENS: usize = 16;
 const FLASH_ROWS: usize = 64;
 
+/// The sizes of one [`attention`] call, unpacked once from its arrays.
+#[derive(Clone, Copy)]
+struct AttentionDims {
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    kv_heads: usize,
+    capacity: usize,
+}
+
 /// [`attention`] of a prompt on tensor cores with `kernel` (see `attn_prompt_body`).
 fn prompt_attention(
     kernel: &'static str,
+    dims: AttentionDims,
     q: &Array,
     k: &Array,
     v: &Array,
@@ -608,10 +619,13 @@ fn prompt_attention(
     opts: AttentionOptions<'_>,
 ) -> Result<Array> {
     let dev = device_of(q)?;
-    let [tokens, heads, head_dim] = *q.shape() else {
-        unreachable!("ops::attention checked the rank")
-    };
-    let (kv_heads, capacity) = (k.dim(0), k.dim(1));
+    let AttentionDims {
+        tokens,
+        heads,
+        head_dim,
+        kv_heads,
+        capacity,
+    } = dims;
     let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
     dev.launch(
         kernel,
@@ -696,7 +710,14 @@ pub(crate) fn attention(
     let group = heads / kv_heads;
     if tokens >= FLASH_MIN_TOKENS && k.dtype() == DType::F16 {
         if let Some(kernel) = prompt_attention_kernel(head_dim) {
-            return prompt_attention(kernel, q, k, v, positions, opts);
+            let dims = AttentionDims {
+                tokens,
+                heads,
+                head_dim,
+                kv_heads,
+                capacity,
+            };
+            return prompt_attention(kernel, dims, q, k, v, positions, opts);
         }
     }
     let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;

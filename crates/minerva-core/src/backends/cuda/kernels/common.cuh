@@ -70,6 +70,18 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+// Maximum over a whole block (as block_sum; NaN skipped, -inf for none); every thread gets it.
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    v = warp_max(v);
+    __syncthreads();  // a previous call's readers are done with `partial`
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, partial[w]);
+    return m;
+}
+
 // The storage type of per-group scales and biases (MLX affine: the weight's float type;
 // MXFP4: e8m0 bytes).
 enum ParamKind { P_F32 = 0, P_F16 = 1, P_BF16 = 2, P_E8M0 = 3 };

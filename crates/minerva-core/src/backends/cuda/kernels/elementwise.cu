@@ -65,16 +65,11 @@ extern "C" __global__ void rms_norm(const float* x, float* out, int d, const flo
 
 // One block per row of d values.
 extern "C" __global__ void softmax_rows(const float* x, float* out, int d) {
-    __shared__ float red[32];
     const float* xr = x + (i64)blockIdx.x * d;
     float* o = out + (i64)blockIdx.x * d;
     float m = -INFINITY;
     for (int i = threadIdx.x; i < d; i += blockDim.x) m = fmaxf(m, xr[i]);
-    m = warp_max(m);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = -INFINITY;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) m = fmaxf(m, red[i]);
+    m = block_max(m);
     float s = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) s += expf(xr[i] - m);
     const float inv = 1.0f / block_sum(s);

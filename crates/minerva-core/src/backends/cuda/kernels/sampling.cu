@@ -145,18 +145,14 @@ __device__ u32 select_threshold(const float* row, int n, float m, float t, u32 f
         }
         __syncthreads();
         if (threadIdx.x == 0) {
+            // The target is at most the total counted (top-k is below the values counted;
+            // top-p's target is a fraction of the mass summed under the same filter), so
+            // some digit reaches it; `cum` is the total above that digit.
             u64 cum = above;
-            int pick = SAMPLE_BINS - 1;
-            for (int b = 0; b < SAMPLE_BINS; b++) {
-                if (hist[b] != 0 && cum + hist[b] >= target) {
-                    pick = b;
-                    break;
-                }
-                cum += hist[b];
-            }
-            // Not reached (only by rounding): keep everything, the last nonempty digit.
-            if (cum >= target || pick == SAMPLE_BINS - 1) {
-                while (pick > 0 && hist[pick] == 0) pick--;
+            int pick = 0;
+            for (; pick < SAMPLE_BINS - 1; pick++) {
+                if (hist[pick] != 0 && cum + hist[pick] >= target) break;
+                cum += hist[pick];
             }
             chosen = pick;
             above_s = cum;
@@ -185,12 +181,7 @@ extern "C" __global__ void sample_bounds(const float* __restrict__ x, const floa
     const int top_k = (int)settings[4 * r + 1];
     float m = -INFINITY;
     for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);  // fmaxf skips NaN
-    m = warp_max(m);
-    __shared__ float wm[32];
-    if ((threadIdx.x & 31) == 0) wm[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, wm[w]);
+    m = block_max(m);
     u32 floor_key = 0;
     if (m != -INFINITY && top_k > 0 && top_k < n) floor_key = select_threshold<false>(row, n, m, t, 0, (u64)top_k);
     if (m != -INFINITY && top_p < 1.0f) {
