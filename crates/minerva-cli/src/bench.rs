@@ -10,7 +10,7 @@ use clap::Args;
 use minerva_core::ops::{Draw, SampleSettings};
 use minerva_core::Device;
 use minerva_engine::sampler::argmax;
-use minerva_engine::{forward, ContiguousKvCache, DecodeStep};
+use minerva_engine::{forward, DecodeStep, KvConfig, SequenceCache};
 use minerva_models::{CausalLm, Logits};
 
 use crate::model_path::ModelChoice;
@@ -74,12 +74,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// finite (a broken model or checkpoint), checked after the prompt and after the last step.
 fn decode_rate(
     model: &dyn CausalLm,
+    kv: KvConfig,
     prompt: &[u32],
     gen_tokens: usize,
     max_len: Option<usize>,
     sample: Option<SampleSettings>,
 ) -> anyhow::Result<DecodeRun> {
-    let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+    let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
     let finite = |logits: &[f32]| -> anyhow::Result<u32> {
         ensure!(
             logits.iter().all(|x| x.is_finite()),
@@ -122,9 +123,10 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     );
     let path = choice.path()?;
     if args.load {
-        return load::bench_load(&path, runs, args);
+        return load::bench_load(&path, runs, args, choice.kv_config()?);
     }
     let engine = choice.load_engine()?;
+    let kv = engine.kv_config();
     let model = engine.model();
     let base = engine.tokenizer().encode(TEXT, false)?;
     let prompt: Vec<u32> = base
@@ -138,7 +140,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 
     let sample = args.sample.then_some(BENCH_SAMPLING);
     let one_run = || -> anyhow::Result<(f64, f64)> {
-        let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+        let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
         let t = Instant::now();
         let logits = forward(model, &prompt, &mut cache, Logits::Last)?;
         argmax(&logits.to_f32_vec()?);
@@ -146,7 +148,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 
         Ok((
             prefill,
-            decode_rate(model, short, args.gen_tokens, max_len, sample)?.tok_s,
+            decode_rate(model, kv, short, args.gen_tokens, max_len, sample)?.tok_s,
         ))
     };
     one_run()?;
@@ -191,10 +193,10 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if let Device::Cuda(n) = model.device() {
         if !args.json {
-            roofline(model, &base, args.gen_tokens, n)?;
+            roofline(model, kv, &base, args.gen_tokens, n)?;
         }
         let long: Vec<u32> = base.iter().copied().cycle().take(1024).collect();
-        kernel_profile(model, (short, &long), args.gen_tokens, max_len, n)?;
+        kernel_profile(model, kv, (short, &long), args.gen_tokens, max_len, n)?;
     }
     Ok(())
 }
@@ -204,6 +206,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 /// over bandwidth.
 fn roofline(
     model: &dyn CausalLm,
+    kv: KvConfig,
     text: &[u32],
     gen_tokens: usize,
     ordinal: usize,
@@ -217,7 +220,7 @@ fn roofline(
         let first = prompt(1024);
         let mut times = Vec::new();
         for _ in 0..3 {
-            let mut cache = ContiguousKvCache::new(model.info(), Some(1025))?;
+            let mut cache = SequenceCache::with_config(model.info(), Some(1025), kv)?;
             let t = Instant::now();
             let logits = forward(model, &first, &mut cache, Logits::Last)?;
             argmax(&logits.to_f32_vec()?);
@@ -234,6 +237,7 @@ fn roofline(
         }
         let run = decode_rate(
             model,
+            kv,
             &prompt(context),
             gen_tokens,
             Some(context + gen_tokens + 2),
@@ -262,6 +266,7 @@ fn roofline(
 /// time goes, and how many launches a graph saves.
 fn kernel_profile(
     model: &dyn CausalLm,
+    kv: KvConfig,
     (short, long): (&[u32], &[u32]),
     gen_tokens: usize,
     max_len: Option<usize>,
@@ -273,12 +278,12 @@ fn kernel_profile(
     }
     gpu.take_profile()?;
     if long.len() < model.info().context_length {
-        let mut cache = ContiguousKvCache::new(model.info(), Some(long.len() + 1))?;
+        let mut cache = SequenceCache::with_config(model.info(), Some(long.len() + 1), kv)?;
         forward(model, long, &mut cache, Logits::Last)?;
         let title = format!("GPU kernel time of a {}-token prompt", long.len());
         show_profile(&title, &gpu, 1.0, "prompt")?;
     }
-    let mut cache = ContiguousKvCache::new(model.info(), max_len)?;
+    let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
     let mut token = argmax(&forward(model, short, &mut cache, Logits::Last)?.to_f32_vec()?);
     gpu.take_profile()?;
     for _ in 0..gen_tokens {

@@ -28,6 +28,10 @@ struct Cli {
     /// Where to run: auto (the first GPU if one works, else the CPU), cpu, cuda or cuda:N
     #[arg(long, global = true, env = "MINERVA_DEVICE", default_value = "auto")]
     device: String,
+    /// How the KV cache stores keys and values: f16, f32, int8 (8-bit codes, a scale per
+    /// position and head) or int4
+    #[arg(long, global = true, env = "MINERVA_KV_DTYPE", default_value = "f16")]
+    kv_dtype: String,
     /// Worker threads [default: one per CPU]
     #[arg(long, global = true, env = "MINERVA_THREADS")]
     threads: Option<usize>,
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let choice = model_path::ModelChoice {
         model: cli.model,
         device: cli.device,
+        kv_dtype: cli.kv_dtype,
     };
     let model = choice.model.as_deref();
     match cli.command {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use minerva_core::Device;
-use minerva_engine::Engine;
+use minerva_engine::{Engine, KvConfig, KvDType};
 use minerva_models::model_cache::default_model_path;
 
 /// The model and device the global `--model` and `--device` flags name.
@@ -13,6 +13,8 @@ pub struct ModelChoice {
     pub model: Option<PathBuf>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// `f16`, `f32`, `int8` or `int4`.
+    pub kv_dtype: String,
 }
 
 impl ModelChoice {
@@ -26,13 +28,21 @@ impl ModelChoice {
         Ok(Device::choose(&self.device)?)
     }
 
+    /// How KV caches store keys and values (`--kv-dtype`).
+    pub fn kv_config(&self) -> anyhow::Result<KvConfig> {
+        let dtype =
+            KvDType::parse(&self.kv_dtype).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
+        Ok(KvConfig::with_dtype(dtype))
+    }
+
     /// Loads the model onto the chosen device, with a progress bar on a terminal while
     /// weights upload to a GPU.
     pub fn load_engine(&self) -> anyhow::Result<Engine> {
         let path = self.path()?;
         let device = self.device()?;
+        let kv = self.kv_config()?;
         let bar = upload_bar(device);
-        let engine = Engine::load_on(&path, device, &mut |done, total| {
+        let mut engine = Engine::load_on(&path, device, &mut |done, total| {
             if let Some(bar) = &bar {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -41,6 +51,7 @@ impl ModelChoice {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        engine.set_kv_config(kv);
         tracing::info!(
             "loaded {} on {device} in {:.0} ms",
             path.display(),

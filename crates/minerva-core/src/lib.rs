@@ -7,8 +7,10 @@ pub mod array;
 pub mod backends;
 pub mod dtype;
 pub mod error;
+pub mod kv_pages;
 pub mod ops;
 
 pub use array::{Array, Device};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use kv_pages::{KvDType, KvPages, PageTable};

@@ -6,9 +6,7 @@
 
 use half::{bf16, f16};
 
-use crate::backends::cpu::{
-    attention as cpu_attention, dense, elementwise, grouped, quant, sampling,
-};
+use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
 use crate::backends::cuda::ops as gpu;
 use crate::{Array, DType, Device, Error, Result};
 
@@ -16,7 +14,10 @@ pub use crate::backends::cpu::elementwise::RopeStyle;
 pub use crate::backends::cpu::sampling::{Draw, SampleSettings};
 
 mod experts;
+mod paged;
 pub use experts::{mixture_of_experts, ExpertGateUp, SwigluExperts};
+pub(crate) use paged::copy_prefix;
+pub use paged::{paged_attention, write_kv_pages};
 
 fn shape_err<T>(msg: String) -> Result<T> {
     Err(Error::Shape(msg))
@@ -630,102 +631,7 @@ pub fn slice_rows(x: &Array, start: usize, len: usize) -> Result<Array> {
     x.narrow(start, len)
 }
 
-/// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `cache` (`[kv_heads, capacity,
-/// head_dim]`, f16 or f32) at `positions` (`[tokens]` i32).
-pub fn write_kv(cache: &mut Array, positions: &Array, new: &Array) -> Result<()> {
-    let (&[kv_heads, capacity, head_dim], &[tokens, h2, d2]) = (cache.shape(), new.shape()) else {
-        return shape_err(format!(
-            "write_kv: cache {:?}, new {:?}",
-            cache.shape(),
-            new.shape()
-        ));
-    };
-    if h2 != kv_heads || d2 != head_dim || positions.shape() != [tokens] {
-        return shape_err(format!(
-            "write_kv: {:?} at positions {:?} into cache {:?}",
-            new.shape(),
-            positions.shape(),
-            cache.shape()
-        ));
-    }
-    if !matches!(cache.dtype(), DType::F16 | DType::F32) {
-        return Err(Error::Unsupported(format!("a {} KV cache", cache.dtype())));
-    }
-    if on_gpu("write_kv", &[cache, positions, new])? {
-        expect_f32("write_kv", new)?;
-        return gpu::write_kv(cache, positions, new);
-    }
-    let pos = positions.as_i32()?;
-    if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= capacity) {
-        return shape_err(format!("write_kv: position {p} in a cache of {capacity}"));
-    }
-    let src = new.as_f32()?;
-    let dtype = cache.dtype();
-    let rows = (0..tokens).flat_map(|t| (0..kv_heads).map(move |h| (t, h)));
-    let span = |t: usize, h: usize| {
-        let from = &src[(t * kv_heads + h) * head_dim..][..head_dim];
-        (from, (h * capacity + pos[t] as usize) * head_dim)
-    };
-    if dtype == DType::F16 {
-        let dst = cache.as_f16_mut()?;
-        for (t, h) in rows {
-            let (from, at) = span(t, h);
-            let to = &mut dst[at..at + head_dim];
-            to.iter_mut()
-                .zip(from)
-                .for_each(|(o, &v)| *o = f16::from_f32(v));
-        }
-    } else {
-        let dst = cache.as_f32_mut()?;
-        for (t, h) in rows {
-            let (from, at) = span(t, h);
-            dst[at..at + head_dim].copy_from_slice(from);
-        }
-    }
-    Ok(())
-}
-
-/// Copies positions `0..len` of every head from cache `src` into cache `dst` (both
-/// `[kv_heads, capacity, head_dim]`, same dtype and heads; capacities may differ), for a
-/// cache that grows.
-pub fn copy_kv_prefix(src: &Array, dst: &mut Array, len: usize) -> Result<()> {
-    let (&[heads, src_cap, hd], &[h2, dst_cap, d2]) = (src.shape(), dst.shape()) else {
-        return shape_err(format!(
-            "copy_kv_prefix: {:?} into {:?}",
-            src.shape(),
-            dst.shape()
-        ));
-    };
-    if heads != h2 || hd != d2 || len > src_cap.min(dst_cap) || src.dtype() != dst.dtype() {
-        return shape_err(format!(
-            "copy_kv_prefix: {len} positions of {} {:?} into {} {:?}",
-            src.dtype(),
-            src.shape(),
-            dst.dtype(),
-            dst.shape()
-        ));
-    }
-    let elem = src.dtype().block_bytes();
-    let (row, src_head, dst_head) = (len * hd * elem, src_cap * hd * elem, dst_cap * hd * elem);
-    if on_gpu("copy_kv_prefix", &[src, dst])? {
-        return gpu::copy_strided(src, dst, heads, row, src_head, dst_head);
-    }
-    let from = src.host_bytes()?;
-    let to = dst.host_bytes_mut()?;
-    for h in 0..heads {
-        to[h * dst_head..][..row].copy_from_slice(&from[h * src_head..][..row]);
-    }
-    Ok(())
-}
-
-fn kv_slice(a: &Array) -> Result<cpu_attention::KvSlice<'_>> {
-    Ok(match a.dtype() {
-        DType::F16 => cpu_attention::KvSlice::F16(a.as_f16()?),
-        _ => cpu_attention::KvSlice::F32(a.as_f32()?),
-    })
-}
-
-/// Masking and extras for [`attention`].
+/// Masking and extras for [`paged_attention`].
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionOptions<'a> {
     pub scale: f32,
@@ -733,70 +639,6 @@ pub struct AttentionOptions<'a> {
     pub window: Option<usize>,
     /// Per-head sink logits (`[heads]` f32).
     pub sinks: Option<&'a Array>,
-}
-
-/// Causal grouped-query attention of `q` (`[tokens, heads, head_dim]`, queries at
-/// `positions`) over the first `kv_len` positions of f16 or f32 caches `k`, `v`
-/// (`[kv_heads, capacity, head_dim]`). Returns `[tokens, heads * head_dim]`.
-pub fn attention(
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    kv_len: usize,
-    positions: &Array,
-    opts: AttentionOptions<'_>,
-) -> Result<Array> {
-    let (&[tokens, heads, head_dim], &[kv_heads, capacity, kd]) = (q.shape(), k.shape()) else {
-        return shape_err(format!("attention: q {:?}, k {:?}", q.shape(), k.shape()));
-    };
-    let bad = kd != head_dim
-        || v.shape() != k.shape()
-        || v.dtype() != k.dtype()
-        || kv_heads == 0
-        || heads % kv_heads != 0
-        || kv_len > capacity
-        || positions.shape() != [tokens];
-    if bad {
-        return shape_err(format!(
-            "attention: q {:?}, kv {:?} (valid {kv_len}), positions {:?}",
-            q.shape(),
-            k.shape(),
-            positions.shape()
-        ));
-    }
-    if let Some(s) = opts.sinks.filter(|s| s.shape() != [heads]) {
-        return shape_err(format!(
-            "attention: sinks {:?} for {heads} heads",
-            s.shape()
-        ));
-    }
-    let mut args = vec![q, k, v, positions];
-    args.extend(opts.sinks);
-    if on_gpu("attention", &args)? {
-        expect_f32("attention", q)?;
-        // Positions on the device were made by the model's own forward pass; the kernels
-        // clamp them into the cache instead of reading them back here.
-        return gpu::attention(q, k, v, positions, opts);
-    }
-    let pos = positions.as_i32()?;
-    if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= kv_len) {
-        return shape_err(format!("attention: position {p} with {kv_len} cached"));
-    }
-    let sinks = opts.sinks.map(Array::as_f32).transpose()?;
-    let args = cpu_attention::AttentionArgs {
-        k: kv_slice(k)?,
-        v: kv_slice(v)?,
-        kv_heads,
-        capacity,
-        kv_len,
-        positions: pos,
-        window: opts.window,
-        sinks,
-        scale: opts.scale,
-    };
-    let mut out = Array::zeros(DType::F32, &[tokens, heads * head_dim])?;
-    cpu_attention::attention(q.as_f32()?, heads, head_dim, &args, out.as_f32_mut()?);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -849,69 +691,5 @@ mod tests {
         };
         let y = rope(&x, &pos, &half).unwrap();
         assert!((y.as_f32().unwrap()[2] - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn attention_matches_naive_softmax() {
-        // One head, one KV head, head_dim 2, three cached positions, query at position 2.
-        let mut k = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
-        let mut v = Array::zeros(DType::F16, &[1, 4, 2]).unwrap();
-        let at = Array::from_i32(&[0, 1, 2], &[3]).unwrap();
-        write_kv(
-            &mut k,
-            &at,
-            &arr(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 1, 2]),
-        )
-        .unwrap();
-        write_kv(
-            &mut v,
-            &at,
-            &arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 1, 2]),
-        )
-        .unwrap();
-        let q = arr(&[1.0, 2.0], &[1, 1, 2]);
-        let pos = Array::from_i32(&[2], &[1]).unwrap();
-        let opts = AttentionOptions {
-            scale: 1.0,
-            window: None,
-            sinks: None,
-        };
-        let y = attention(&q, &k, &v, 3, &pos, opts).unwrap();
-        let s = [1.0f32, 2.0, 3.0].map(f32::exp);
-        let z: f32 = s.iter().sum();
-        let want0 = (s[0] * 1.0 + s[1] * 3.0 + s[2] * 5.0) / z;
-        // With an f16 cache the probabilities are rounded to f16 (relative 2^-11 each).
-        assert!((y.as_f32().unwrap()[0] - want0).abs() < 5.0 * want0 / 2048.0);
-        // A window of 1 sees only the query's own position.
-        let y = attention(
-            &q,
-            &k,
-            &v,
-            3,
-            &pos,
-            AttentionOptions {
-                window: Some(1),
-                ..opts
-            },
-        )
-        .unwrap();
-        assert_eq!(y.as_f32().unwrap(), &[5.0, 6.0]);
-        // A sink adds mass to the denominator only.
-        let sinks = arr(&[3.0], &[1]);
-        let y = attention(
-            &q,
-            &k,
-            &v,
-            3,
-            &pos,
-            AttentionOptions {
-                window: Some(1),
-                sinks: Some(&sinks),
-                ..opts
-            },
-        )
-        .unwrap();
-        let p = 3.0f32.exp() / (3.0f32.exp() * 2.0);
-        assert!((y.as_f32().unwrap()[0] - 5.0 * p).abs() < 1e-5);
     }
 }

@@ -16,7 +16,7 @@
 use minerva_core::ops::{
     self, AttentionOptions, Draw, ExpertGateUp, Rope, RopeStyle, SampleSettings, SwigluExperts,
 };
-use minerva_core::{Array, DType, Device};
+use minerva_core::{Array, DType, Device, KvDType, KvPages, PageTable};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -657,32 +657,54 @@ fn captured_graph_replays_on_new_inputs() {
     assert!(err.contains("capturing a graph"), "{err}");
 }
 
+/// The bytes of a pool's codes and parameters, on the host.
+fn pool_bytes(pages: &KvPages) -> Vec<u8> {
+    let mut bytes = pages
+        .codes()
+        .to_device(Device::Cpu)
+        .unwrap()
+        .host_bytes()
+        .unwrap()
+        .to_vec();
+    if let Some(p) = pages.params() {
+        bytes.extend(p.to_device(Device::Cpu).unwrap().host_bytes().unwrap());
+    }
+    bytes
+}
+
 #[test]
-fn kv_cache_writes_and_attention() {
-    if !gpu_ready("kv_cache_writes_and_attention") {
+fn paged_kv_writes_and_attention() {
+    if !gpu_ready("paged_kv_writes_and_attention") {
         return;
     }
     let mut rng = Rng(7);
-    // (heads, kv_heads, head_dim, prompt, window, sinks)
-    let cases = [
-        (64, 8, 64, 300, Some(128), true),
-        (64, 8, 64, 300, None, true),
-        (9, 3, 64, 70, None, false),
-        (4, 4, 128, 33, Some(8), false),
-        (16, 1, 32, 20, None, true),
+    let ps = 16usize;
+    // (heads, kv_heads, head_dim, prompt, window, sinks, ring): two sequences share each pass,
+    // on scattered pages; a ring table holds only the window plus a pass.
+    let cases: [(usize, usize, usize, usize, Option<usize>, bool, bool); 6] = [
+        (64, 8, 64, 300, Some(128), true, false),
+        (64, 8, 64, 100, Some(16), true, true),
+        (64, 8, 64, 300, None, true, false),
+        (9, 3, 64, 70, None, false, false),
+        (4, 4, 128, 33, Some(8), false, false),
+        (16, 1, 32, 20, None, true, false),
     ];
-    for (heads, kv_heads, head_dim, prompt, window, with_sinks) in cases {
-        for dtype in [DType::F32, DType::F16] {
+    for (heads, kv_heads, head_dim, prompt, window, with_sinks, ring) in cases {
+        for dtype in [KvDType::F32, KvDType::F16, KvDType::Int8, KvDType::Int4] {
             let capacity = prompt + 40;
-            let shape = [kv_heads, capacity, head_dim];
-            let (mut kc, mut vc) = (
-                Array::zeros(dtype, &shape).unwrap(),
-                Array::zeros(dtype, &shape).unwrap(),
-            );
-            let (mut kg, mut vg) = (
-                Array::zeros_on(dtype, &shape, GPU).unwrap(),
-                Array::zeros_on(dtype, &shape, GPU).unwrap(),
-            );
+            let width = match (ring, window) {
+                (true, Some(w)) => (w + prompt - 1).div_ceil(ps),
+                _ => capacity.div_ceil(ps),
+            };
+            let pages = 2 * width + 3;
+            // Sequence 0 on odd pages from the top, sequence 1 on the rest, interleaved.
+            let mut order: Vec<i32> = (0..pages as i32).rev().collect();
+            order.rotate_left(3);
+            let tables = Array::from_i32(&order[..2 * width], &[2, width]).unwrap();
+            let pool =
+                |device| KvPages::zeros(dtype, pages, kv_heads, ps, head_dim, device).unwrap();
+            let (mut kc, mut vc, mut kg, mut vg) =
+                (pool(Device::Cpu), pool(Device::Cpu), pool(GPU), pool(GPU));
             let sinks = rng.array(&[heads]);
             let sinks_gpu = gpu(&sinks);
             let opts = |s| AttentionOptions {
@@ -690,39 +712,63 @@ fn kv_cache_writes_and_attention() {
                 window,
                 sinks: if with_sinks { Some(s) } else { None },
             };
-            // A prompt in one pass, a second chunk of it, then two single-token steps.
-            let mut start = 0;
-            for tokens in [prompt, 37, 1, 1] {
-                let pos: Vec<i32> = (start..start + tokens).map(|p| p as i32).collect();
-                let pos = Array::from_i32(&pos, &[tokens]).unwrap();
+            // Passes of (tokens of sequence 0, tokens of sequence 1): a prompt beside a short
+            // chunk (tensor cores and split kernel in one call), a second chunk beside
+            // another, then single tokens of both.
+            let mut start = [0usize, 0];
+            for runs in [[prompt, 3], [37, 20], [1, 1], [1, 1]] {
+                let (mut pos, mut seq) = (Vec::new(), Vec::new());
+                for (s, &n) in runs.iter().enumerate() {
+                    pos.extend((start[s]..start[s] + n).map(|p| p as i32));
+                    seq.extend(std::iter::repeat_n(s as i32, n));
+                }
+                let tokens = pos.len();
+                let (pos, seq) = (
+                    Array::from_i32(&pos, &[tokens]).unwrap(),
+                    Array::from_i32(&seq, &[tokens]).unwrap(),
+                );
                 let (k, v) = (
                     rng.array(&[tokens, kv_heads, head_dim]),
                     rng.array(&[tokens, kv_heads, head_dim]),
                 );
                 let q = ops::scale(&rng.array(&[tokens, heads, head_dim]), 3.0).unwrap();
-                ops::write_kv(&mut kc, &pos, &k).unwrap();
-                ops::write_kv(&mut vc, &pos, &v).unwrap();
-                let pg = gpu(&pos);
-                ops::write_kv(&mut kg, &pg, &gpu(&k)).unwrap();
-                ops::write_kv(&mut vg, &pg, &gpu(&v)).unwrap();
-                let end = start + tokens;
-                let cpu = ops::attention(&q, &kc, &vc, end, &pos, opts(&sinks)).unwrap();
-                let got = ops::attention(&gpu(&q), &kg, &vg, end, &pg, opts(&sinks_gpu)).unwrap();
-                let tolerance = if dtype == DType::F16 { 2e-3 } else { 1e-4 };
-                let what = format!("attention {heads}/{kv_heads}x{head_dim} {dtype} window {window:?} tokens {tokens} at {start}");
+                let table = PageTable {
+                    tables: &tables,
+                    seq_of: &seq,
+                    runs: &runs,
+                };
+                ops::write_kv_pages(&mut kc, table, &pos, &k).unwrap();
+                ops::write_kv_pages(&mut vc, table, &pos, &v).unwrap();
+                let cpu = ops::paged_attention(&q, &kc, &vc, table, &pos, opts(&sinks)).unwrap();
+                let (tg, sg, pg) = (gpu(&tables), gpu(&seq), gpu(&pos));
+                let table = PageTable {
+                    tables: &tg,
+                    seq_of: &sg,
+                    runs: &runs,
+                };
+                ops::write_kv_pages(&mut kg, table, &pg, &gpu(&k)).unwrap();
+                ops::write_kv_pages(&mut vg, table, &pg, &gpu(&v)).unwrap();
+                let got =
+                    ops::paged_attention(&gpu(&q), &kg, &vg, table, &pg, opts(&sinks_gpu)).unwrap();
+                let tolerance = if dtype == KvDType::F32 { 1e-4 } else { 2e-3 };
+                let what = format!("attention {heads}/{kv_heads}x{head_dim} {dtype} window {window:?} ring {ring} runs {runs:?} at {start:?}");
                 assert_close(&what, &got, &cpu, tolerance);
-                start = end;
+                start = [start[0] + runs[0], start[1] + runs[1]];
             }
-            assert_close("written keys", &kg, &kc, 0.0);
-            // A cache that grows keeps what it held.
-            let bigger = [kv_heads, 2 * capacity, head_dim];
-            let (mut grown_c, mut grown_g) = (
-                Array::zeros(dtype, &bigger).unwrap(),
-                Array::zeros_on(dtype, &bigger, GPU).unwrap(),
+            // The GPU quantizes exactly as the CPU does.
+            assert!(
+                pool_bytes(&kg) == pool_bytes(&kc),
+                "{dtype}: written keys differ"
             );
-            ops::copy_kv_prefix(&kc, &mut grown_c, start).unwrap();
-            ops::copy_kv_prefix(&kg, &mut grown_g, start).unwrap();
-            assert_close("copy_kv_prefix", &grown_g, &grown_c, 0.0);
+            assert!(
+                pool_bytes(&vg) == pool_bytes(&vc),
+                "{dtype}: written values differ"
+            );
+            // A pool that grows keeps what it held.
+            assert!(
+                pool_bytes(&kg.grown(2 * pages).unwrap())
+                    == pool_bytes(&kc.grown(2 * pages).unwrap())
+            );
         }
     }
 }

@@ -4,8 +4,9 @@
 //! token id and its position go in, and only the picked id (or, for sampling on the host,
 //! the logits) comes back.
 //!
-//! A graph replays on the buffers it was captured with, so it is captured again whenever the
-//! cache's storage moves (it grows by doubling: a handful of captures per conversation).
+//! A graph replays on the buffers it was captured with: the page tables are rewritten in
+//! place before each replay, and the graph is captured again whenever the cache's pools
+//! move (they grow by doubling: a handful of captures per conversation).
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use minerva_core::{ops, Array, DType, Device};
 use minerva_models::{CausalLm, KvCache, Logits};
 
 use crate::generate::forward;
-use crate::kv_cache::ContiguousKvCache;
+use crate::kv_cache::{PagedKvCache, PassInputs, PassView, SequenceCache};
 use crate::sampler::argmax;
 
 /// Runs decode steps for one cache; keeps the captured graph between them.
@@ -27,15 +28,16 @@ pub struct DecodeStep {
 /// A graph of one decode step and the arrays it reads and writes in place.
 struct Captured {
     graph: CudaGraph,
-    /// `[1]` i32 inputs, rewritten before each replay.
+    /// `[1]` i32 token id and the pass's positions and page tables, rewritten before each
+    /// replay.
     ids: Array,
-    positions: Array,
+    inputs: PassInputs,
     /// `[1, vocab]` f32 logits and their `[1]` i32 argmax, rewritten by each replay.
     logits: Array,
     greedy: Array,
-    /// What the graph was captured against: the model (by address) and the cache capacity.
+    /// What the graph was captured against: the model (by address) and the pools' epoch.
     model: usize,
-    capacity: usize,
+    epoch: u64,
 }
 
 /// What a step hands back.
@@ -70,7 +72,7 @@ impl DecodeStep {
     pub fn greedy(
         &mut self,
         model: &dyn CausalLm,
-        cache: &mut ContiguousKvCache,
+        cache: &mut SequenceCache,
         token: u32,
     ) -> minerva_models::Result<u32> {
         Ok(match self.run(model, cache, token)? {
@@ -84,7 +86,7 @@ impl DecodeStep {
     pub fn sample(
         &mut self,
         model: &dyn CausalLm,
-        cache: &mut ContiguousKvCache,
+        cache: &mut SequenceCache,
         token: u32,
         settings: SampleSettings,
         draw: Draw,
@@ -97,7 +99,7 @@ impl DecodeStep {
     pub fn logits(
         &mut self,
         model: &dyn CausalLm,
-        cache: &mut ContiguousKvCache,
+        cache: &mut SequenceCache,
         token: u32,
     ) -> minerva_models::Result<Vec<f32>> {
         Ok(self.run(model, cache, token)?.logits().to_f32_vec()?)
@@ -111,7 +113,7 @@ impl DecodeStep {
     fn run(
         &mut self,
         model: &dyn CausalLm,
-        cache: &mut ContiguousKvCache,
+        cache: &mut SequenceCache,
         token: u32,
     ) -> minerva_models::Result<Output<'_>> {
         let Device::Cuda(ordinal) = model.device() else {
@@ -122,58 +124,92 @@ impl DecodeStep {
                 Logits::Last,
             )?));
         };
-        cache.reserve(1)?;
+        let (cache, seq) = cache.parts();
+        cache.reserve(seq, 1)?;
         let model_id = model as *const dyn CausalLm as *const () as usize;
-        let position = cache.len() as i32;
+        let pass = [(seq, 1)];
         let stale = self
             .captured
             .as_ref()
-            .is_none_or(|c| c.model != model_id || c.capacity != cache.capacity());
+            .is_none_or(|c| c.model != model_id || c.epoch != cache.epoch());
         if stale {
             // Drop the old graph first: its arena goes back to the driver.
             self.captured = None;
             let gpu = cuda::device(ordinal)?;
-            self.captured = Some(Captured::new(&gpu, model, cache, model_id)?);
-        } else {
-            // The captured pass advanced the cache when it was recorded; a replay must too.
-            cache.advance(1);
+            let inputs = cache.inputs(&pass)?;
+            self.captured = Some(Captured::new(&gpu, model, cache, inputs, model_id)?);
         }
         let c = self.captured.as_mut().expect("captured above");
+        if !stale {
+            cache.refill(&mut c.inputs, &pass)?;
+        }
         c.ids.overwrite(&Array::from_i32(&[token as i32], &[1])?)?;
-        c.positions
-            .overwrite(&Array::from_i32(&[position], &[1])?)?;
         c.graph.launch()?;
+        cache.view(&c.inputs).advance(1);
         Ok(Output::Replayed(c))
     }
 }
 
 impl Captured {
-    /// Records one decode step at the cache's end (this advances the cache by one token,
-    /// which the first launch of the graph then fills).
+    /// Records one decode step of the pass `inputs` describes (recording runs nothing: the
+    /// first launch of the graph does the step).
     fn new(
         gpu: &Arc<CudaDevice>,
         model: &dyn CausalLm,
-        cache: &mut ContiguousKvCache,
+        cache: &mut PagedKvCache,
+        inputs: PassInputs,
         model_id: usize,
     ) -> minerva_models::Result<Captured> {
-        let device = model.device();
-        let ids = Array::zeros_on(DType::I32, &[1], device)?;
-        let positions = Array::zeros_on(DType::I32, &[1], device)?;
-        let (capacity, len) = (cache.capacity(), cache.len());
-        let captured = gpu.capture(|| -> minerva_models::Result<_> {
-            let logits = model.forward_ids(&ids, &positions, cache, Logits::Last)?;
+        let ids = Array::zeros_on(DType::I32, &[1], model.device())?;
+        let epoch = cache.epoch();
+        let (graph, (logits, greedy)) = gpu.capture(|| -> minerva_models::Result<_> {
+            // The view is not advanced here: the caller advances the sequence after each
+            // launch, the first one included.
+            let mut view = cache.view(&inputs);
+            let logits = model.forward_ids(
+                &ids,
+                &inputs.positions,
+                &mut NoAdvance(&mut view),
+                Logits::Last,
+            )?;
             let greedy = ops::argmax(&logits)?;
             Ok((logits, greedy))
-        });
-        let (graph, (logits, greedy)) = captured.inspect_err(|_| cache.truncate(len))?;
+        })?;
         Ok(Captured {
             graph,
             ids,
-            positions,
+            inputs,
             logits,
             greedy,
             model: model_id,
-            capacity,
+            epoch,
         })
     }
+}
+
+/// A cache whose `advance` does nothing, for recording a pass that runs later.
+struct NoAdvance<'a, 'b>(&'a mut PassView<'b>);
+
+impl KvCache for NoAdvance<'_, '_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        positions: &Array,
+        opts: minerva_core::ops::AttentionOptions<'_>,
+    ) -> minerva_core::Result<Array> {
+        self.0.attend(layer, q, k, v, positions, opts)
+    }
+
+    fn last_rows(&self, tokens: usize) -> Vec<usize> {
+        self.0.last_rows(tokens)
+    }
+
+    fn advance(&mut self, _tokens: usize) {}
 }

@@ -14,11 +14,13 @@ use minerva_models::CausalLm;
 
 use crate::error::Result;
 use crate::generate::Session;
+use crate::kv_cache::KvConfig;
 use crate::reply::Reply;
 
 pub struct Engine {
     loaded: LoadedModel,
     load_time: Duration,
+    kv: KvConfig,
 }
 
 impl Engine {
@@ -42,6 +44,7 @@ impl Engine {
         Ok(Engine {
             loaded,
             load_time: start.elapsed(),
+            kv: KvConfig::default(),
         })
     }
 
@@ -66,9 +69,18 @@ impl Engine {
         self.load_time
     }
 
+    /// How sessions store their KV caches (f16 pages of 16 unless set).
+    pub fn kv_config(&self) -> KvConfig {
+        self.kv
+    }
+
+    pub fn set_kv_config(&mut self, kv: KvConfig) {
+        self.kv = kv;
+    }
+
     /// A fresh conversation state; `max_context` caps the KV cache (default: the model's).
     pub fn session(&self, max_context: Option<usize>) -> Result<Session<'_>> {
-        Session::new(self.model(), self.tokenizer(), max_context)
+        Session::new(self.model(), self.tokenizer(), max_context, self.kv)
     }
 
     /// The harmony encoding, when the model chats in harmony (gpt-oss).

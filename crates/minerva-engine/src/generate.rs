@@ -10,7 +10,7 @@ use minerva_models::{CausalLm, KvCache, Logits};
 
 use crate::decode_step::DecodeStep;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::ContiguousKvCache;
+use crate::kv_cache::{KvConfig, SequenceCache};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
 use minerva_models::tokenizer::StreamDecoder;
@@ -131,7 +131,7 @@ pub struct TokenLogprobs {
 pub struct Session<'m> {
     model: &'m dyn CausalLm,
     tokenizer: &'m Tokenizer,
-    cache: ContiguousKvCache,
+    cache: SequenceCache,
     decode: DecodeStep,
     tokens: Vec<u32>,
     run: Option<Run<'m>>,
@@ -160,9 +160,10 @@ impl<'m> Session<'m> {
         model: &'m dyn CausalLm,
         tokenizer: &'m Tokenizer,
         max_context: Option<usize>,
+        kv: KvConfig,
     ) -> Result<Self> {
         Ok(Session {
-            cache: ContiguousKvCache::new(model.info(), max_context)?,
+            cache: SequenceCache::with_config(model.info(), max_context, kv)?,
             decode: DecodeStep::new(),
             model,
             tokenizer,
@@ -226,8 +227,8 @@ impl<'m> Session<'m> {
             });
         }
         // Keep at least the last prompt token to run: its logits pick the first new token.
-        let reused = common_prefix(&self.tokens, prompt).min(prompt.len() - 1);
-        self.cache.truncate(reused);
+        let shared = common_prefix(&self.tokens, prompt).min(prompt.len() - 1);
+        let reused = self.cache.truncate(shared);
         self.tokens.truncate(reused);
         self.run = Some(Run {
             options: options.clone(),

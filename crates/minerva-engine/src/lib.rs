@@ -31,7 +31,8 @@ pub use generate::{
     forward, FinishReason, GenerateOptions, GenerationStats, SampledToken, Session, Step,
     TokenLogprobs,
 };
-pub use kv_cache::ContiguousKvCache;
+pub use kv_cache::{KvConfig, PagedKvCache, SequenceCache};
 pub use minerva_core::Device;
+pub use minerva_core::KvDType;
 pub use reply::Reply;
 pub use sampler::{Sampler, SamplerConfig};

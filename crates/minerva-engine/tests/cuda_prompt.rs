@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use minerva_core::Device;
 use minerva_engine::sampler::argmax;
-use minerva_engine::ContiguousKvCache;
+use minerva_engine::SequenceCache;
 use minerva_models::{load_model, CausalLm, Logits};
 
 const PROMPT: usize = 100;
@@ -28,7 +28,7 @@ const MODELS: [(&str, f32); 4] = [
 /// The prompt's logits (every position), then the logits of each step fed `picks` (when
 /// empty, fed its own greedy picks, which are returned).
 fn run(model: &dyn CausalLm, prompt: &[u32], picks: &[u32]) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
-    let mut cache = ContiguousKvCache::new(model.info(), Some(PROMPT + 20)).unwrap();
+    let mut cache = SequenceCache::new(model.info(), Some(PROMPT + 20)).unwrap();
     let all = model
         .forward(prompt, &mut cache, Logits::All)
         .unwrap()

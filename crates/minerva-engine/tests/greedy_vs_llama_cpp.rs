@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 
 use minerva_engine::sampler::argmax;
-use minerva_engine::{ContiguousKvCache, Device};
+use minerva_engine::{Device, SequenceCache};
 use minerva_models::{load_model, CausalLm, Logits};
 use serde_json::Value;
 
@@ -66,7 +66,7 @@ fn rms(xs: &[f64]) -> f64 {
 
 /// Our logits at every step of `case`, feeding the reference's own output tokens.
 fn teacher_forced(model: &dyn CausalLm, case: &Value) -> Vec<Vec<f32>> {
-    let mut cache = ContiguousKvCache::new(model.info(), Some(1024)).unwrap();
+    let mut cache = SequenceCache::new(model.info(), Some(1024)).unwrap();
     let out = u32s(&case["output_ids"]);
     let mut logits = model
         .forward(&u32s(&case["prompt_ids"]), &mut cache, Logits::Last)
@@ -83,7 +83,7 @@ fn teacher_forced(model: &dyn CausalLm, case: &Value) -> Vec<Vec<f32>> {
 
 /// How many of the reference's tokens greedy decoding reproduces before diverging.
 fn free_running(model: &dyn CausalLm, case: &Value) -> usize {
-    let mut cache = ContiguousKvCache::new(model.info(), Some(1024)).unwrap();
+    let mut cache = SequenceCache::new(model.info(), Some(1024)).unwrap();
     let mut logits = model
         .forward(&u32s(&case["prompt_ids"]), &mut cache, Logits::Last)
         .unwrap();

@@ -1,11 +1,13 @@
-//! The KV cache as model code sees it. The engine owns the storage (contiguous today, paged
-//! and quantized later); a model only appends its new keys/values and attends.
+//! The KV cache as model code sees it. The engine owns the storage (paged, maybe quantized)
+//! and knows which sequences a forward pass carries; a model only appends its new
+//! keys/values and attends.
 
 use minerva_core::ops::AttentionOptions;
 use minerva_core::{Array, Result};
 
 pub trait KvCache: Send {
-    /// Tokens already cached, i.e. the position of the first token of this forward pass.
+    /// Tokens already cached, i.e. the position of the first token of this forward pass
+    /// (of its first sequence, when it carries several).
     fn len(&self) -> usize;
 
     fn is_empty(&self) -> bool {
@@ -24,6 +26,12 @@ pub trait KvCache: Send {
         positions: &Array,
         opts: AttentionOptions<'_>,
     ) -> Result<Array>;
+
+    /// The rows of a pass of `tokens` tokens that end a sequence (whose logits pick its next
+    /// token): the last one, unless the pass carries several sequences.
+    fn last_rows(&self, tokens: usize) -> Vec<usize> {
+        vec![tokens - 1]
+    }
 
     /// Commits the new tokens once every layer has attended.
     fn advance(&mut self, tokens: usize);

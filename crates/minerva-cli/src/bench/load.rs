@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use minerva_engine::KvConfig;
 use minerva_models::loader::{build, open_checkpoint, ModelFiles};
 use minerva_models::CausalLm;
 
@@ -66,7 +67,12 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-pub(super) fn bench_load(path: &Path, runs: usize, args: &BenchArgs) -> anyhow::Result<()> {
+pub(super) fn bench_load(
+    path: &Path,
+    runs: usize,
+    args: &BenchArgs,
+    kv: KvConfig,
+) -> anyhow::Result<()> {
     let rss_start = Rss::now();
     // The warm-up run pulls headers and the small tensors into the page cache.
     drop(load_once(path)?);
@@ -93,7 +99,7 @@ pub(super) fn bench_load(path: &Path, runs: usize, args: &BenchArgs) -> anyhow::
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
     let max_len = Some(PROMPT + args.gen_tokens + 1);
-    let decode = decode_rate(model.as_ref(), &prompt, args.gen_tokens, max_len, None)?.tok_s;
+    let decode = decode_rate(model.as_ref(), kv, &prompt, args.gen_tokens, max_len, None)?.tok_s;
     let rss_decoded = Rss::now();
     let threads = rayon::current_num_threads();
     let round = |x: f64| (x * 10.0).round() / 10.0;

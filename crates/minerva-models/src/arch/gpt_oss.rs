@@ -132,6 +132,14 @@ impl GptOss {
                 kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
                 context_length: c.context_length,
+                windows: c
+                    .layer_types
+                    .iter()
+                    .map(|t| match t {
+                        AttentionKind::Sliding => Some(c.sliding_window),
+                        AttentionKind::Full => None,
+                    })
+                    .collect(),
                 device: Device::Cpu,
             },
             decoder: Decoder {

@@ -133,6 +133,7 @@ impl Llama {
                 kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
                 context_length: c.context_length,
+                windows: vec![c.sliding_window; c.layers],
                 device: Device::Cpu,
             },
             decoder: Decoder {

@@ -21,6 +21,8 @@ pub struct ModelInfo {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub context_length: usize,
+    /// Each layer's sliding attention window (`None`: the layer sees every position).
+    pub windows: Vec<Option<usize>>,
     /// Where the weights are (caches go there too).
     pub device: Device,
 }
@@ -28,7 +30,7 @@ pub struct ModelInfo {
 /// Which positions a forward pass returns logits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
-    /// Only the last token (generation).
+    /// Only the last token of each sequence (generation).
     Last,
     /// Every token (scoring, tests).
     All,
@@ -231,9 +233,16 @@ impl<F: FeedForward> Decoder<F> {
                 .map_or(&self.norm, |b| &b.attn_norm);
             (x, h) = ops::add_rms_norm(&x, &block.ffn.forward(&h)?, next_norm, eps)?;
         }
+        let last = cache.last_rows(n);
         cache.advance(n);
-        if logits == Logits::Last {
-            h = ops::slice_rows(&h, n - 1, 1)?;
+        if logits == Logits::Last && last.len() < n {
+            h = match last[..] {
+                [row] => ops::slice_rows(&h, row, 1)?,
+                _ => {
+                    let rows: Vec<i32> = last.iter().map(|&r| r as i32).collect();
+                    ops::embedding(&h, &Array::from_i32(&rows, &[rows.len()])?)?
+                }
+            };
         }
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         Ok(ops::linear(&h, lm_head, None)?)

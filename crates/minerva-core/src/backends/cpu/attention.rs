@@ -1,41 +1,56 @@
-//! Scaled dot-product attention over an f16 or f32 KV cache, grouped-query, causal, with
-//! an optional sliding window and per-head sink logits.
+//! Scaled dot-product attention over a paged KV cache (f32, f16, int8 or int4 rows),
+//! grouped-query, causal, with an optional sliding window and per-head sink logits.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// Cached keys or values in their storage type.
-#[derive(Clone, Copy)]
-pub enum KvSlice<'a> {
-    F16(&'a [f16]),
-    F32(&'a [f32]),
-}
+use super::kv_rows::KvRows;
 
-impl KvSlice<'_> {
-    fn widen_into(self, start: usize, out: &mut [f32]) {
-        match self {
-            KvSlice::F16(s) => s[start..start + out.len()].convert_to_f32_slice(out),
-            KvSlice::F32(s) => out.copy_from_slice(&s[start..start + out.len()]),
-        }
-    }
-}
-
-/// The cache and masking a batch of queries attends over.
+/// The paged cache and masking a pass's queries attend over.
 pub struct AttentionArgs<'a> {
-    /// `[kv_heads, capacity, head_dim]` keys; the first `kv_len` positions are valid.
-    pub k: KvSlice<'a>,
-    pub v: KvSlice<'a>,
+    /// Keys and values, rows indexed `(page * kv_heads + head) * page_size + slot`.
+    pub k: KvRows<'a>,
+    pub v: KvRows<'a>,
     pub kv_heads: usize,
-    pub capacity: usize,
-    pub kv_len: usize,
-    /// Absolute position of each query row; key `j` is visible to a query at `p` when
-    /// `j <= p` and, with a window `w`, `j > p - w`.
+    pub page_size: usize,
+    /// `[sequences, width]` page ids; a sequence's position `j` is in page
+    /// `tables[seq * width + (j / page_size) % width]`.
+    pub tables: &'a [i32],
+    pub width: usize,
+    /// Each query row's sequence, and how many consecutive rows each sequence has.
+    pub seq_of: &'a [i32],
+    pub runs: &'a [usize],
+    /// Absolute position of each query row; key `j` of its sequence is visible to a query at
+    /// `p` when `j <= p` and, with a window `w`, `j > p - w`.
     pub positions: &'a [i32],
     pub window: Option<usize>,
     /// One extra logit per query head that joins the softmax but has no value (gpt-oss).
     pub sinks: Option<&'a [f32]>,
     pub scale: f32,
+    /// Round queries and probabilities to f16 (caches other than f32), so each product has
+    /// two f16 operands (f32 sums), as GPU flash attention and llama.cpp do; results then
+    /// track those engines instead of drifting by f16 noise.
+    pub half_products: bool,
+}
+
+impl AttentionArgs<'_> {
+    /// The first position a query at `pos` sees.
+    pub fn first_visible(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+
+    /// The row of `seq`'s position `j` for KV head `h`.
+    fn row(&self, seq: usize, j: usize, h: usize) -> usize {
+        let page = self.tables[seq * self.width + (j / self.page_size) % self.width] as usize;
+        (page * self.kv_heads + h) * self.page_size + j % self.page_size
+    }
+}
+
+/// Query rows `t0..t1` of one sequence, one head: a task.
+struct Task {
+    head: usize,
+    t0: usize,
+    t1: usize,
 }
 
 /// `q` is `[tokens, heads, head_dim]`; returns `[tokens, heads * head_dim]` in `out`.
@@ -46,45 +61,59 @@ pub fn attention(
     args: &AttentionArgs<'_>,
     out: &mut [f32],
 ) {
-    let tokens = args.positions.len();
     let group = heads / args.kv_heads;
-    // One task per (head, block of query rows); each widens its KV head's rows once.
-    let rows_per_task = tokens.clamp(1, 32);
-    let blocks = tokens.div_ceil(rows_per_task);
-    let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
+    // One task per (head, block of up to 32 query rows of one sequence); each widens the
+    // rows its queries see once.
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    for &run in args.runs {
+        blocks.extend(
+            (start..start + run)
+                .step_by(32)
+                .map(|t0| (t0, (t0 + 32).min(start + run))),
+        );
+        start += run;
+    }
+    let tasks: Vec<Task> = (0..heads)
+        .flat_map(|head| blocks.iter().map(move |&(t0, t1)| Task { head, t0, t1 }))
+        .collect();
+    let round = |x: f32| {
+        if args.half_products {
+            f16::from_f32(x).to_f32()
+        } else {
+            x
+        }
+    };
+    let results: Vec<(Task, Vec<f32>)> = tasks
         .into_par_iter()
         .map(|task| {
-            let (h, block) = (task / blocks, task % blocks);
-            let t0 = block * rows_per_task;
-            let t1 = (t0 + rows_per_task).min(tokens);
-            let max_pos = args.positions[t0..t1].iter().copied().max().unwrap_or(0);
-            let visible = (max_pos as usize + 1).min(args.kv_len);
+            let Task { head: h, t0, t1 } = task;
+            let seq = args.seq_of[t0] as usize;
+            let rows = &args.positions[t0..t1];
+            let hi = rows.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+            let lo = rows
+                .iter()
+                .map(|&p| args.first_visible(p as usize))
+                .min()
+                .unwrap_or(0);
             let kv = h / group;
-            let base = kv * args.capacity * head_dim;
-            let mut keys = vec![0.0f32; visible * head_dim];
-            let mut values = vec![0.0f32; visible * head_dim];
-            args.k.widen_into(base, &mut keys);
-            args.v.widen_into(base, &mut values);
-            let mut scores = vec![0.0f32; visible];
+            let seen = hi - lo;
+            let mut keys = vec![0.0f32; seen * head_dim];
+            let mut values = vec![0.0f32; seen * head_dim];
+            for j in lo..hi {
+                let row = args.row(seq, j, kv);
+                let at = (j - lo) * head_dim;
+                args.k.widen(row, &mut keys[at..at + head_dim]);
+                args.v.widen(row, &mut values[at..at + head_dim]);
+            }
+            let mut scores = vec![0.0f32; seen];
             let mut res = vec![0.0f32; (t1 - t0) * head_dim];
-            // With an f16 cache, queries and probabilities are rounded to f16 too, so each
-            // product has two f16 operands (f32 accumulation), as in GPU flash attention and
-            // llama.cpp; results then track those engines instead of drifting by f16 noise.
-            let half_products = matches!(args.k, KvSlice::F16(_));
-            let round = |x: f32| {
-                if half_products {
-                    f16::from_f32(x).to_f32()
-                } else {
-                    x
-                }
-            };
             let mut qh = vec![0.0f32; head_dim];
             for t in t0..t1 {
                 let q_row = &q[(t * heads + h) * head_dim..(t * heads + h + 1) * head_dim];
                 qh.iter_mut().zip(q_row).for_each(|(o, &x)| *o = round(x));
                 let pos = args.positions[t] as usize;
-                let end = (pos + 1).min(visible);
-                let start = args.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let (start, end) = (args.first_visible(pos) - lo, pos + 1 - lo);
                 let mut max = args.sinks.map_or(f32::NEG_INFINITY, |s| s[h]);
                 for j in start..end {
                     let kj = &keys[j * head_dim..(j + 1) * head_dim];
@@ -106,10 +135,10 @@ pub fn attention(
                     }
                 }
             }
-            (h, t0, res)
+            (task, res)
         })
         .collect();
-    for (h, t0, res) in results {
+    for (Task { head: h, t0, .. }, res) in results {
         for (i, row) in res.chunks_exact(head_dim).enumerate() {
             let t = t0 + i;
             out[(t * heads + h) * head_dim..(t * heads + h + 1) * head_dim].copy_from_slice(row);

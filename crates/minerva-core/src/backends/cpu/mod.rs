@@ -4,6 +4,7 @@ pub mod attention;
 pub mod dense;
 pub mod elementwise;
 pub mod grouped;
+pub mod kv_rows;
 pub mod quant;
 pub mod quantize;
 pub mod sampling;

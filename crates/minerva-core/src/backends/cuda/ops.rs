@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::{CudaDevice, KernelArg};
-use crate::ops::{AttentionOptions, Draw, Rope, RopeStyle, SampleSettings};
+use crate::ops::{Draw, Rope, RopeStyle, SampleSettings};
 use crate::{Array, DType, Error, Result};
 
 /// Rows of a weight per block in the matrix-vector kernels (one warp each).
@@ -16,8 +16,10 @@ const ROWS_PER_BLOCK: u32 = 4;
 const TOKEN_TILE: usize = 8;
 const THREADS: u32 = 256;
 
+mod attention;
 mod experts;
 mod gemm;
+pub(crate) use attention::{paged_attention, write_kv_pages};
 pub(crate) use experts::mixture_of_experts;
 
 fn device_of(a: &Array) -> Result<Arc<CudaDevice>> {
@@ -540,32 +542,6 @@ pub(crate) fn transpose_last2(x: &Array, out_shape: &[usize]) -> Result<Array> {
     )
 }
 
-/// Writes `new` (`[tokens, kv_heads, head_dim]`) into `cache` at `positions`.
-pub(crate) fn write_kv(cache: &mut Array, positions: &Array, new: &Array) -> Result<()> {
-    let dev = device_of(new)?;
-    let [kv_heads, capacity, head_dim] = *cache.shape() else {
-        unreachable!("ops::write_kv checked the rank")
-    };
-    let tokens = new.dim(0);
-    let half = (cache.dtype() == DType::F16) as i32;
-    let dst = cache.device_ptr_mut()?;
-    dev.launch(
-        "write_kv",
-        grid_for(tokens * kv_heads * head_dim),
-        THREADS,
-        &[
-            &dst,
-            &new.device_ptr()?,
-            &positions.device_ptr()?,
-            &(tokens as i32),
-            &(kv_heads as i32),
-            &(capacity as i32),
-            &(head_dim as i32),
-            &half,
-        ],
-    )
-}
-
 /// Copies `count` runs of `run` bytes, at strides `src_stride` and `dst_stride`.
 pub(crate) fn copy_strided(
     src: &Array,
@@ -587,187 +563,6 @@ pub(crate) fn copy_strided(
         }
     }
     Ok(())
-}
-
-/// Keys per split that keep a block busy without leaving the GPU idle.
-const KEYS_PER_SPLIT: usize = 64;
-const MAX_SPLITS: usize = 64;
-
-/// Prompt tokens from which attention over an f16 cache runs on tensor cores
-/// (`attn_prompt_*`, 64 queries per block: fewer would leave most of each tile idle).
-const FLASH_MIN_TOKENS: usize = 16;
-const FLASH_ROWS: usize = 64;
-
-/// The sizes of one [`attention`] call, unpacked once from its arrays.
-#[derive(Clone, Copy)]
-struct AttentionDims {
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    kv_heads: usize,
-    capacity: usize,
-}
-
-/// [`attention`] of a prompt on tensor cores with `kernel` (see `attn_prompt_body`).
-fn prompt_attention(
-    kernel: &'static str,
-    dims: AttentionDims,
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    positions: &Array,
-    opts: AttentionOptions<'_>,
-) -> Result<Array> {
-    let dev = device_of(q)?;
-    let AttentionDims {
-        tokens,
-        heads,
-        head_dim,
-        kv_heads,
-        capacity,
-    } = dims;
-    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
-    dev.launch(
-        kernel,
-        (tokens.div_ceil(FLASH_ROWS) as u32, heads as u32, 1),
-        128,
-        &[
-            &q.device_ptr()?,
-            &k.device_ptr()?,
-            &v.device_ptr()?,
-            &positions.device_ptr()?,
-            &ptr_or_null(opts.sinks)?,
-            &out.device_ptr()?,
-            &(tokens as i32),
-            &(heads as i32),
-            &(kv_heads as i32),
-            &(capacity as i32),
-            &(opts.window.unwrap_or(0) as i32),
-            &opts.scale,
-        ],
-    )?;
-    Ok(out)
-}
-
-/// The tensor-core prompt kernel for `head_dim`, where there is one.
-fn prompt_attention_kernel(head_dim: usize) -> Option<&'static str> {
-    Some(match head_dim {
-        16 => "attn_prompt_d16_f16",
-        32 => "attn_prompt_d32_f16",
-        64 => "attn_prompt_d64_f16",
-        128 => "attn_prompt_d128_f16",
-        _ => return None,
-    })
-}
-
-fn attention_kernel(head_dim: usize, group: usize, half: bool) -> Result<&'static str> {
-    macro_rules! pick {
-        ($d:literal) => {
-            match (group, half) {
-                (..=4, true) => concat!("attn_partial_d", $d, "_g4_f16"),
-                (..=4, false) => concat!("attn_partial_d", $d, "_g4_f32"),
-                (..=8, true) => concat!("attn_partial_d", $d, "_g8_f16"),
-                (..=8, false) => concat!("attn_partial_d", $d, "_g8_f32"),
-                (..=16, true) => concat!("attn_partial_d", $d, "_g16_f16"),
-                (..=16, false) => concat!("attn_partial_d", $d, "_g16_f32"),
-                _ => {
-                    return Err(Error::Unsupported(format!(
-                        "{group} query heads per KV head on CUDA"
-                    )))
-                }
-            }
-        };
-    }
-    Ok(match head_dim {
-        1..=32 => pick!("1"),
-        33..=64 => pick!("2"),
-        65..=128 => pick!("4"),
-        _ => {
-            return Err(Error::Unsupported(format!(
-                "head_dim {head_dim} attention on CUDA"
-            )))
-        }
-    })
-}
-
-/// Causal GQA attention of `q` (`[tokens, heads, head_dim]`) over caches `[kv_heads,
-/// capacity, head_dim]`, each query seeing the positions up to its own; `[tokens, heads *
-/// head_dim]`.
-pub(crate) fn attention(
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    positions: &Array,
-    opts: AttentionOptions<'_>,
-) -> Result<Array> {
-    let dev = device_of(q)?;
-    let [tokens, heads, head_dim] = *q.shape() else {
-        unreachable!("ops::attention checked the rank")
-    };
-    let [kv_heads, capacity, _] = *k.shape() else {
-        unreachable!("ops::attention checked the rank")
-    };
-    let group = heads / kv_heads;
-    if tokens >= FLASH_MIN_TOKENS && k.dtype() == DType::F16 {
-        if let Some(kernel) = prompt_attention_kernel(head_dim) {
-            let dims = AttentionDims {
-                tokens,
-                heads,
-                head_dim,
-                kv_heads,
-                capacity,
-            };
-            return prompt_attention(kernel, dims, q, k, v, positions, opts);
-        }
-    }
-    let kernel = attention_kernel(head_dim, group, k.dtype() == DType::F16)?;
-    // Decode needs the keys split to fill the GPU; prompts already bring a block per token.
-    // The split count follows the cache's capacity, not the tokens cached, so a captured decode step
-    // replays unchanged as the context grows (the kernel finds the visible keys from the
-    // positions on the device; splits past them do nothing).
-    let visible = opts.window.map_or(capacity, |w| w.min(capacity));
-    let splits = match tokens {
-        1 => visible.div_ceil(KEYS_PER_SPLIT).clamp(1, MAX_SPLITS),
-        _ => 1,
-    };
-    let rows = tokens * heads * splits;
-    let part_acc = Array::empty_cuda(&dev, DType::F32, &[rows, head_dim])?;
-    let part_ml = Array::empty_cuda(&dev, DType::F32, &[rows, 2])?;
-    dev.launch(
-        kernel,
-        (splits as u32, kv_heads as u32, tokens as u32),
-        128,
-        &[
-            &q.device_ptr()?,
-            &k.device_ptr()?,
-            &v.device_ptr()?,
-            &positions.device_ptr()?,
-            &part_acc.device_ptr()?,
-            &part_ml.device_ptr()?,
-            &(heads as i32),
-            &(kv_heads as i32),
-            &(capacity as i32),
-            &(head_dim as i32),
-            &(opts.window.unwrap_or(0) as i32),
-            &opts.scale,
-        ],
-    )?;
-    let out = Array::empty_cuda(&dev, DType::F32, &[tokens, heads * head_dim])?;
-    dev.launch(
-        "attn_combine",
-        ((tokens * heads) as u32, 1, 1),
-        head_dim as u32,
-        &[
-            &part_acc.device_ptr()?,
-            &part_ml.device_ptr()?,
-            &ptr_or_null(opts.sinks)?,
-            &out.device_ptr()?,
-            &(heads as i32),
-            &(splits as i32),
-            &(head_dim as i32),
-        ],
-    )?;
-    Ok(out)
 }
 
 /// Per token, the `k` best of `[tokens, experts]` scores and their softmax weights:

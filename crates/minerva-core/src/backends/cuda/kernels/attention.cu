@@ -1,34 +1,122 @@
-// Causal grouped-query attention over a `[kv_heads, capacity, head_dim]` cache (f16 or f32),
-// split over the keys (flash-decoding): each block takes one query token, one KV head with
-// all the query heads that share it, and one slice of the visible keys, and leaves a partial
-// (max, sum, weighted values); a second kernel merges the slices and the sink logits.
-// Everything that varies per step (positions, hence the visible range) is read on the
-// device, so a captured graph replays unchanged.
+// Causal grouped-query attention over a paged KV cache (see kv_pages.rs for the layout:
+// rows indexed (page * kv_heads + head) * page_size + slot, stored as f32, f16, int8 with an
+// f16 scale, or int4 with an f16 scale and minimum), split over the keys (flash-decoding):
+// each block takes one query token, one KV head with all the query heads that share it, and
+// one slice of the visible keys, and leaves a partial (max, sum, weighted values); a second
+// kernel merges the slices and the sink logits. Everything that varies per step (positions,
+// page tables, hence the visible range) is read on the device, so a captured graph replays
+// unchanged.
 
 #define ATTN_WARPS 4
 #define ATTN_BATCH 4  // keys per warp whose rows are loaded together
 
-// The lane's dimensions (lane, lane + 32, ...) of the cached row at `row` (0 past head_dim).
-template <int D, bool HALF>
-__device__ __forceinline__ void load_kv_row(const void* c, i64 row, int lane, int head_dim,
-                                            float* out) {
+// Storage kinds, as KvDType orders them.
+#define KV_F32 0
+#define KV_F16 1
+#define KV_Q8 2
+#define KV_Q4 3
+
+// The row of a sequence's position j for KV head h; page ids are clamped into the pool.
+__device__ __forceinline__ i64 kv_row(const int* __restrict__ tables, int seq, int width, int j,
+                                      int page_size, int kv_heads, int h, int pages) {
+    int page = tables[(i64)seq * width + (j / page_size) % width];
+    page = min(max(page, 0), pages - 1);
+    return ((i64)page * kv_heads + h) * page_size + j % page_size;
+}
+
+__device__ __forceinline__ float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+// Value d of row `row` as attention multiplies it: integer codes dequantized (no fused
+// multiply-add, so the CPU computes the same) and rounded to f16.
+template <int KIND>
+__device__ __forceinline__ float kv_value(const void* codes, const u16* params, i64 row, int d,
+                                          int head_dim) {
+    if (KIND == KV_F32) return ((const float*)codes)[row * head_dim + d];
+    if (KIND == KV_F16) return f16_to_f32(((const u16*)codes)[row * head_dim + d]);
+    if (KIND == KV_Q8) {
+        const float q = (float)((const signed char*)codes)[row * head_dim + d];
+        return round_f16(__fmul_rn(q, f16_to_f32(params[row])));
+    }
+    const u8 b = ((const u8*)codes)[row * (head_dim / 2) + d / 2];
+    const float q = (float)((b >> (4 * (d & 1))) & 15);
+    return round_f16(__fadd_rn(__fmul_rn(q, f16_to_f32(params[2 * row])),
+                               f16_to_f32(params[2 * row + 1])));
+}
+
+// The lane's dimensions (lane, lane + 32, ...) of row `row` (0 past head_dim).
+template <int D, int KIND>
+__device__ __forceinline__ void load_kv_row(const void* codes, const u16* params, i64 row,
+                                            int lane, int head_dim, float* out) {
 #pragma unroll
     for (int d = 0; d < D; d++) {
         const int dim = lane + 32 * d;
-        const i64 i = row + dim;
-        out[d] = dim >= head_dim ? 0.0f
-                 : HALF          ? f16_to_f32(((const u16*)c)[i])
-                                 : ((const float*)c)[i];
+        out[d] = dim >= head_dim ? 0.0f : kv_value<KIND>(codes, params, row, dim, head_dim);
     }
 }
 
-template <int D, int GMAX, bool HALF>
-__device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, const void* kc,
-                                                  const void* vc, const int* __restrict__ positions,
-                                                  float* __restrict__ part_acc,
-                                                  float* __restrict__ part_ml, int heads,
-                                                  int kv_heads, int capacity, int head_dim,
-                                                  int window, float scale) {
+// Writes new keys or values `[tokens, kv_heads, head_dim]` (f32) into pages, each token at its
+// position in its sequence; one warp per (token, head) row. Integer kinds quantize the row as
+// kv_rows.rs does (same steps, same rounding, so the same bytes).
+extern "C" __global__ void write_kv_pages(void* codes, u16* params, const float* src,
+                                          const int* positions, const int* seq_of,
+                                          const int* tables, int tokens, int kv_heads,
+                                          int page_size, int width, int pages, int head_dim,
+                                          int kind) {
+    const i64 r = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= (i64)tokens * kv_heads) return;
+    const int t = r / kv_heads, h = r % kv_heads, p = positions[t];
+    if (p < 0) return;  // never written outside the sequence
+    const i64 row = kv_row(tables, seq_of[t], width, p, page_size, kv_heads, h, pages);
+    const float* x = src + r * head_dim;
+    if (kind == KV_F32) {
+        for (int d = lane; d < head_dim; d += 32) ((float*)codes)[row * head_dim + d] = x[d];
+    } else if (kind == KV_F16) {
+        for (int d = lane; d < head_dim; d += 32)
+            ((u16*)codes)[row * head_dim + d] = f32_to_f16(x[d]);
+    } else if (kind == KV_Q8) {
+        float amax = 0.0f;
+        for (int d = lane; d < head_dim; d += 32) amax = fmaxf(amax, fabsf(x[d]));
+        const u16 sh = f32_to_f16(__fdiv_rn(warp_max(amax), 127.0f));
+        const float s = f16_to_f32(sh);
+        if (lane == 0) params[row] = sh;
+        for (int d = lane; d < head_dim; d += 32) {
+            const float q = s == 0.0f ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x[d], s)), -127.0f), 127.0f);
+            ((signed char*)codes)[row * head_dim + d] = (signed char)q;
+        }
+    } else {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int d = lane; d < head_dim; d += 32) {
+            lo = fminf(lo, x[d]);
+            hi = fmaxf(hi, x[d]);
+        }
+        lo = -warp_max(-lo);
+        hi = warp_max(hi);
+        const u16 sh = f32_to_f16(__fdiv_rn(__fsub_rn(hi, lo), 15.0f)), mh = f32_to_f16(lo);
+        const float s = f16_to_f32(sh), m = f16_to_f32(mh);
+        if (lane == 0) {
+            params[2 * row] = sh;
+            params[2 * row + 1] = mh;
+        }
+        for (int i = lane; i < head_dim / 2; i += 32) {
+            u32 byte = 0;
+            for (int e = 0; e < 2; e++) {
+                const float q = s == 0.0f ? 0.0f
+                                          : fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(x[2 * i + e], m), s)), 0.0f), 15.0f);
+                byte |= ((u32)q) << (4 * e);
+            }
+            ((u8*)codes)[row * (head_dim / 2) + i] = (u8)byte;
+        }
+    }
+}
+
+template <int D, int GMAX, int KIND>
+__device__ __forceinline__ void attn_partial_body(
+    const float* __restrict__ q, const void* kc, const u16* kp, const void* vc, const u16* vp,
+    const int* __restrict__ positions, const int* __restrict__ seq_of,
+    const int* __restrict__ tables, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    int heads, int kv_heads, int page_size, int width, int pages, int head_dim, int window,
+    float scale) {
     // Lane `l` holds dimensions l, l + 32, ... below head_dim (at most 32 D of them).
     const int HD = head_dim;
     __shared__ float sm_m[ATTN_WARPS][GMAX];
@@ -37,10 +125,11 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     const int split = blockIdx.x, splits = gridDim.x, h = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int G = heads / kv_heads;
-    const int p = min(max(positions[t], 0), capacity - 1);  // never read outside the cache
+    const int p = max(positions[t], 0), seq = seq_of[t];
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
     const int chunk = (p + 1 - lo + splits - 1) / splits;
     const int start = lo + split * chunk, end = min(p + 1, start + chunk);
+    constexpr bool HALF = KIND != KV_F32;
 
     float qr[GMAX][D], acc[GMAX][D], m[GMAX], l[GMAX];
 #pragma unroll
@@ -50,23 +139,23 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
 #pragma unroll
         for (int d = 0; d < D; d++) {
             acc[g][d] = 0.0f;
-            // With an f16 cache the queries are rounded to f16 as well (as the CPU backend
-            // and llama.cpp do), so each product has two f16 operands.
+            // Over anything but an f32 cache the queries are rounded to f16 as well (as the
+            // CPU backend and llama.cpp do), so each product has two f16 operands.
             const bool in = g < G && lane + 32 * d < HD;
             const float qv = in ? q[((i64)t * heads + h * G + g) * HD + lane + 32 * d] : 0.0f;
-            qr[g][d] = HALF ? f16_to_f32(f32_to_f16(qv)) : qv;
+            qr[g][d] = HALF ? round_f16(qv) : qv;
         }
     }
-    const i64 base = (i64)h * capacity * HD;
     // Each warp takes ATTN_BATCH keys at a time and loads all their K and V rows before using
     // any: one memory round trip per batch instead of two per key.
     for (int j0 = start + warp * ATTN_BATCH; j0 < end; j0 += ATTN_WARPS * ATTN_BATCH) {
         float kr[ATTN_BATCH][D], vr[ATTN_BATCH][D];
 #pragma unroll
         for (int b = 0; b < ATTN_BATCH; b++) {
-            const i64 row = base + (i64)min(j0 + b, end - 1) * HD;  // past `end`: not used
-            load_kv_row<D, HALF>(kc, row, lane, HD, kr[b]);
-            load_kv_row<D, HALF>(vc, row, lane, HD, vr[b]);
+            const int j = min(j0 + b, end - 1);  // past `end`: not used
+            const i64 row = kv_row(tables, seq, width, j, page_size, kv_heads, h, pages);
+            load_kv_row<D, KIND>(kc, kp, row, lane, HD, kr[b]);
+            load_kv_row<D, KIND>(vc, vp, row, lane, HD, vr[b]);
         }
 #pragma unroll
         for (int b = 0; b < ATTN_BATCH; b++) {
@@ -146,19 +235,23 @@ extern "C" __global__ void attn_combine(const float* part_acc, const float* part
     out[row * head_dim + d] = a / ls;
 }
 
-#define ATTN_KERNEL(D, GMAX, HALF, NAME)                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                   \
-        attn_partial_d##D##_g##GMAX##_##NAME(const float* q, const void* kc, const void* vc,        \
-                                             const int* positions, float* part_acc,                 \
-                                             float* part_ml, int heads, int kv_heads,               \
-                                             int capacity, int head_dim, int window, float scale) { \
-        attn_partial_body<D, GMAX, HALF>(q, kc, vc, positions, part_acc, part_ml, heads, kv_heads, \
-                                         capacity, head_dim, window, scale);                        \
+#define ATTN_KERNEL(D, GMAX, KIND, NAME)                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                \
+        attn_partial_d##D##_g##GMAX##_##NAME(                                                    \
+            const float* q, const void* kc, const u16* kp, const void* vc, const u16* vp,        \
+            const int* positions, const int* seq_of, const int* tables, float* part_acc,         \
+            float* part_ml, int heads, int kv_heads, int page_size, int width, int pages,        \
+            int head_dim, int window, float scale) {                                             \
+        attn_partial_body<D, GMAX, KIND>(q, kc, kp, vc, vp, positions, seq_of, tables, part_acc, \
+                                         part_ml, heads, kv_heads, page_size, width, pages,      \
+                                         head_dim, window, scale);                               \
     }
 
-#define ATTN_KERNELS(D, GMAX)          \
-    ATTN_KERNEL(D, GMAX, true, f16)    \
-    ATTN_KERNEL(D, GMAX, false, f32)
+#define ATTN_KERNELS(D, GMAX)           \
+    ATTN_KERNEL(D, GMAX, KV_F32, f32)   \
+    ATTN_KERNEL(D, GMAX, KV_F16, f16)   \
+    ATTN_KERNEL(D, GMAX, KV_Q8, int8)   \
+    ATTN_KERNEL(D, GMAX, KV_Q4, int4)
 
 ATTN_KERNELS(1, 4)
 ATTN_KERNELS(1, 8)
@@ -171,8 +264,9 @@ ATTN_KERNELS(4, 8)
 ATTN_KERNELS(4, 16)
 
 // ---------------------------------------------------------------------------------------
-// Prompts over an f16 cache on tensor cores (flash attention): a block takes 64 query tokens
-// of one head, 16 per warp, and walks the keys any of them sees, 64 at a time: S = Q K^T
+// Prompts on tensor cores (flash attention) over an f16, int8 or int4 cache (tiles dequantized
+// to f16 on the way into shared memory): one sequence's run of query tokens per launch; a
+// block takes 64 of them for one head, 16 per warp, and walks the keys any of them sees, 64 at a time: S = Q K^T
 // with mma.sync (f16 operands, f32 sums), masked and scaled, an online softmax in registers,
 // then O += P V with the probabilities rounded to f16 (as the CPU does over an f16 cache).
 // The sink logit joins the denominator at the end. Fragment layouts are those of
@@ -191,15 +285,37 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int D>
-__device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
-                                                 const u16* __restrict__ kc,
-                                                 const u16* __restrict__ vc,
-                                                 const int* __restrict__ positions,
-                                                 const float* __restrict__ sinks,
-                                                 float* __restrict__ out, int tokens, int heads,
-                                                 int kv_heads, int capacity, int window,
-                                                 float scale) {
+// Eight values of row `row` from dimension c (a multiple of 8) on, as f16.
+template <int D, int KIND>
+__device__ __forceinline__ uint4 kv_eight_f16(const void* codes, const u16* params, i64 row, int c) {
+    if (KIND == KV_F16) return *(const uint4*)((const u16*)codes + row * D + c);
+    u32 h[4];
+    if (KIND == KV_Q8) {
+        const uint2 w = *(const uint2*)((const u8*)codes + row * D + c);
+        const signed char* b = (const signed char*)&w;
+        const float s = f16_to_f32(params[row]);
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            h[e] = f32x2_to_f16x2(__fmul_rn((float)b[2 * e], s), __fmul_rn((float)b[2 * e + 1], s));
+    } else {
+        const u32 w = *(const u32*)((const u8*)codes + row * (D / 2) + c / 2);
+        const float s = f16_to_f32(params[2 * row]), m = f16_to_f32(params[2 * row + 1]);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float lo = (float)((w >> (8 * e)) & 15), hi = (float)((w >> (8 * e + 4)) & 15);
+            h[e] = f32x2_to_f16x2(__fadd_rn(__fmul_rn(lo, s), m), __fadd_rn(__fmul_rn(hi, s), m));
+        }
+    }
+    return make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+template <int D, int KIND>
+__device__ __forceinline__ void attn_prompt_body(
+    const float* __restrict__ q, const void* kc, const u16* kp, const void* vc, const u16* vp,
+    const int* __restrict__ positions, const int* __restrict__ seq_of,
+    const int* __restrict__ tables, const float* __restrict__ sinks, float* __restrict__ out,
+    int tokens, int heads, int kv_heads, int page_size, int width, int pages, int window,
+    float scale) {
     constexpr int KS = D / 16;         // 16-wide steps over the head dimension
     constexpr int NT = D / 8;          // 8-wide tiles of the output
     constexpr int KP = D + 8;          // padded K row in shared memory (no bank conflicts)
@@ -213,11 +329,12 @@ __device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
     int row[2], pos[2];
     for (int r = 0; r < 2; r++) {
         row[r] = blockIdx.x * FA_ROWS + 16 * warp + g + 8 * r;
-        pos[r] = row[r] < tokens ? min(max(positions[row[r]], 0), capacity - 1) : -1;
+        pos[r] = row[r] < tokens ? max(positions[row[r]], 0) : -1;
     }
+    const int seq = seq_of[0];  // one sequence per launch
     // The keys the block's queries see: [lo, hi).
     if (threadIdx.x == 0) {
-        span[0] = capacity;
+        span[0] = 0x7fffffff;
         span[1] = 0;
     }
     __syncthreads();
@@ -246,7 +363,6 @@ __device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     const float scale2 = scale * LOG2E;  // scores in base-2 exponent units
-    const i64 base = (i64)kvh * capacity * D;
 
     for (int j0 = lo; j0 < hi; j0 += FA_KEYS) {
         __syncthreads();  // the last tile's reads are done
@@ -255,8 +371,9 @@ __device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
             const int r = i / (D / 8), c = (i % (D / 8)) * 8, j = j0 + r;
             uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
             if (j < hi) {
-                kv = *(const uint4*)(kc + base + (i64)j * D + c);
-                vv = *(const uint4*)(vc + base + (i64)j * D + c);
+                const i64 kr = kv_row(tables, seq, width, j, page_size, kv_heads, kvh, pages);
+                kv = kv_eight_f16<D, KIND>(kc, kp, kr, c);
+                vv = kv_eight_f16<D, KIND>(vc, vp, kr, c);
             }
             *(uint4*)(ks + r * KP + c) = kv;
             const u16* vh = (const u16*)&vv;
@@ -342,16 +459,23 @@ __device__ __forceinline__ void attn_prompt_body(const float* __restrict__ q,
     }
 }
 
-#define ATTN_PROMPT_KERNEL(D)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128) attn_prompt_d##D##_f16(                  \
-        const float* q, const u16* kc, const u16* vc, const int* positions, const float* sinks, \
-        float* out, int tokens, int heads, int kv_heads, int capacity, int window,             \
-        float scale) {                                                                         \
-        attn_prompt_body<D>(q, kc, vc, positions, sinks, out, tokens, heads, kv_heads,         \
-                            capacity, window, scale);                                          \
+#define ATTN_PROMPT_KERNEL(D, KIND, NAME)                                                      \
+    extern "C" __global__ void __launch_bounds__(128) attn_prompt_d##D##_##NAME(               \
+        const float* q, const void* kc, const u16* kp, const void* vc, const u16* vp,          \
+        const int* positions, const int* seq_of, const int* tables, const float* sinks,        \
+        float* out, int tokens, int heads, int kv_heads, int page_size, int width, int pages,  \
+        int window, float scale) {                                                             \
+        attn_prompt_body<D, KIND>(q, kc, kp, vc, vp, positions, seq_of, tables, sinks, out,    \
+                                  tokens, heads, kv_heads, page_size, width, pages, window,    \
+                                  scale);                                                      \
     }
 
-ATTN_PROMPT_KERNEL(16)
-ATTN_PROMPT_KERNEL(32)
-ATTN_PROMPT_KERNEL(64)
-ATTN_PROMPT_KERNEL(128)
+#define ATTN_PROMPT_KERNELS(D)             \
+    ATTN_PROMPT_KERNEL(D, KV_F16, f16)     \
+    ATTN_PROMPT_KERNEL(D, KV_Q8, int8)     \
+    ATTN_PROMPT_KERNEL(D, KV_Q4, int4)
+
+ATTN_PROMPT_KERNELS(16)
+ATTN_PROMPT_KERNELS(32)
+ATTN_PROMPT_KERNELS(64)
+ATTN_PROMPT_KERNELS(128)

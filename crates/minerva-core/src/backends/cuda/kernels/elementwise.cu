@@ -123,22 +123,6 @@ extern "C" __global__ void transpose_last2(const void* x, float* out, i64 batch,
     }
 }
 
-// Writes new keys or values `[tokens, kv_heads, head_dim]` into a `[kv_heads, capacity,
-// head_dim]` cache (f16 when half != 0, else f32) at positions[t].
-extern "C" __global__ void write_kv(void* cache, const float* src, const int* positions, int tokens,
-                                    int kv_heads, int capacity, int head_dim, int half) {
-    GRID_STRIDE(i, (i64)tokens * kv_heads * head_dim) {
-        const int d = i % head_dim;
-        const int h = (i / head_dim) % kv_heads;
-        const int t = i / ((i64)head_dim * kv_heads);
-        const int p = positions[t];
-        if (p < 0 || p >= capacity) continue;  // never written out of the cache
-        const i64 dst = ((i64)h * capacity + p) * head_dim + d;
-        if (half) ((u16*)cache)[dst] = f32_to_f16(src[i]);
-        else ((float*)cache)[dst] = src[i];
-    }
-}
-
 // Mixture-of-experts routing: one warp per token picks the k highest of `experts` scores
 // (ties to the lower index) and softmaxes over just those.
 extern "C" __global__ void top_k_softmax(const float* scores, int* ids, float* weights, int tokens,

@@ -1,0 +1,495 @@
+//! Ops on a paged KV cache ([`KvPages`] addressed through a [`PageTable`]): writing a pass's
+//! keys and values, and attending over them.
+
+use half::f16;
+
+use super::{expect_f32, on_gpu, shape_err, AttentionOptions};
+use crate::backends::cpu::attention::{self as cpu_attention, AttentionArgs};
+use crate::backends::cpu::kv_rows::{KvRows, KvRowsMut};
+use crate::backends::cuda::ops as gpu;
+use crate::{Array, DType, KvDType, KvPages, PageTable, Result};
+
+/// The checked sizes of a table, on any device.
+struct TableDims {
+    seqs: usize,
+    width: usize,
+}
+
+/// Checks the table's arrays against `tokens`.
+fn table_dims(
+    op: &str,
+    table: PageTable<'_>,
+    positions: &Array,
+    tokens: usize,
+) -> Result<TableDims> {
+    let [seqs, width] = *table.tables.shape() else {
+        return shape_err(format!("{op}: page tables {:?}", table.tables.shape()));
+    };
+    let bad = table.tables.dtype() != DType::I32
+        || table.seq_of.dtype() != DType::I32
+        || positions.dtype() != DType::I32
+        || table.seq_of.shape() != [tokens]
+        || positions.shape() != [tokens]
+        || width == 0
+        || table.runs.iter().sum::<usize>() != tokens;
+    if bad {
+        return shape_err(format!(
+            "{op}: {tokens} tokens in runs {:?} with sequences {} {:?}, positions {} {:?}, tables {} {:?}",
+            table.runs,
+            table.seq_of.dtype(),
+            table.seq_of.shape(),
+            positions.dtype(),
+            positions.shape(),
+            table.tables.dtype(),
+            table.tables.shape()
+        ));
+    }
+    Ok(TableDims { seqs, width })
+}
+
+/// On the host, checks that every token's sequence exists and that the pages holding
+/// positions `first(t)..=positions[t]` of it are in the pool; for attention (`ring`), also
+/// that a sequence's span in this pass fits its table (a ring narrower than that would have
+/// overwritten keys an earlier query of the pass still sees).
+fn check_host_table(
+    op: &str,
+    table: PageTable<'_>,
+    dims: &TableDims,
+    positions: &[i32],
+    pages: &KvPages,
+    first: impl Fn(usize) -> usize,
+) -> Result<()> {
+    let (tables, seq_of) = (table.tables.as_i32()?, table.seq_of.as_i32()?);
+    let ps = pages.page_size();
+    let span = dims.width * ps;
+    let mut t = 0;
+    for &run in table.runs {
+        let seq = seq_of[t];
+        let lo = first(positions[t].max(0) as usize);
+        for t in t..t + run {
+            let (s, p) = (seq_of[t], positions[t]);
+            if s != seq || s < 0 || s as usize >= dims.seqs || p < 0 {
+                return shape_err(format!(
+                    "{op}: token {t} of sequence {s} at position {p} in a run of sequence {seq} ({} sequences)",
+                    dims.seqs
+                ));
+            }
+            let pos = p as usize;
+            if pos + 1 > lo + span {
+                return shape_err(format!(
+                    "{op}: sequence {s} spans positions {lo}..={pos}, more than its {} pages hold",
+                    dims.width
+                ));
+            }
+            for j in (first(pos) / ps)..=(pos / ps) {
+                let page = tables[s as usize * dims.width + j % dims.width];
+                if page < 0 || page as usize >= pages.pages() {
+                    return shape_err(format!(
+                        "{op}: sequence {s} position {pos} in page {page} of {}",
+                        pages.pages()
+                    ));
+                }
+            }
+        }
+        t += run;
+    }
+    Ok(())
+}
+
+fn host_rows(pages: &KvPages) -> Result<KvRows<'_>> {
+    let codes = pages.codes();
+    let params = || -> Result<&[f16]> {
+        pages
+            .params()
+            .expect("integer pages have parameters")
+            .as_f16()
+    };
+    Ok(match pages.dtype() {
+        KvDType::F32 => KvRows::F32(codes.as_f32()?),
+        KvDType::F16 => KvRows::F16(codes.as_f16()?),
+        KvDType::Int8 => KvRows::Int8 {
+            codes: codes.host_bytes()?,
+            params: params()?,
+        },
+        KvDType::Int4 => KvRows::Int4 {
+            codes: codes.host_bytes()?,
+            params: params()?,
+        },
+    })
+}
+
+fn host_rows_mut(pages: &mut KvPages) -> Result<KvRowsMut<'_>> {
+    let dtype = pages.dtype();
+    let (codes, params) = pages.parts_mut();
+    let params = params.map(Array::as_f16_mut).transpose()?;
+    Ok(match (dtype, params) {
+        (KvDType::F32, _) => KvRowsMut::F32(codes.as_f32_mut()?),
+        (KvDType::F16, _) => KvRowsMut::F16(codes.as_f16_mut()?),
+        (KvDType::Int8, Some(params)) => KvRowsMut::Int8 {
+            codes: codes.host_bytes_mut()?,
+            params,
+        },
+        (KvDType::Int4, Some(params)) => KvRowsMut::Int4 {
+            codes: codes.host_bytes_mut()?,
+            params,
+        },
+        _ => unreachable!("integer pages have parameters"),
+    })
+}
+
+/// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `pages`, each token at its
+/// position in its sequence (quantizing it for the integer dtypes).
+pub fn write_kv_pages(
+    pages: &mut KvPages,
+    table: PageTable<'_>,
+    positions: &Array,
+    new: &Array,
+) -> Result<()> {
+    let (kv_heads, head_dim) = (pages.kv_heads(), pages.head_dim());
+    let tokens = new.dim(0);
+    if new.shape() != [tokens, kv_heads, head_dim] {
+        return shape_err(format!(
+            "write_kv_pages: {:?} into pages of {kv_heads} heads x {head_dim}",
+            new.shape()
+        ));
+    }
+    let dims = table_dims("write_kv_pages", table, positions, tokens)?;
+    expect_f32("write_kv_pages", new)?;
+    if on_gpu(
+        "write_kv_pages",
+        &[pages.codes(), table.tables, table.seq_of, positions, new],
+    )? {
+        return gpu::write_kv_pages(pages, table, positions, new);
+    }
+    let pos = positions.as_i32()?;
+    check_host_table("write_kv_pages", table, &dims, pos, pages, |p| p)?;
+    let (tables, seq_of) = (table.tables.as_i32()?, table.seq_of.as_i32()?);
+    let ps = pages.page_size();
+    let src = new.as_f32()?;
+    let mut rows = host_rows_mut(pages)?;
+    for (t, (&s, &p)) in seq_of.iter().zip(pos).enumerate() {
+        let (s, p) = (s as usize, p as usize);
+        let page = tables[s * dims.width + (p / ps) % dims.width] as usize;
+        for h in 0..kv_heads {
+            let row = (page * kv_heads + h) * ps + p % ps;
+            rows.store(row, &src[(t * kv_heads + h) * head_dim..][..head_dim]);
+        }
+    }
+    Ok(())
+}
+
+/// Causal grouped-query attention of `q` (`[tokens, heads, head_dim]` f32, each token at its
+/// position in its sequence) over the keys `k` and values `v` of its sequence, written
+/// there already (this pass's too). Returns `[tokens, heads * head_dim]` f32.
+pub fn paged_attention(
+    q: &Array,
+    k: &KvPages,
+    v: &KvPages,
+    table: PageTable<'_>,
+    positions: &Array,
+    opts: AttentionOptions<'_>,
+) -> Result<Array> {
+    let [tokens, heads, head_dim] = *q.shape() else {
+        return shape_err(format!("paged_attention: q {:?}", q.shape()));
+    };
+    let kv_heads = k.kv_heads();
+    let same = |a: &KvPages| {
+        (
+            a.dtype(),
+            a.pages(),
+            a.kv_heads(),
+            a.page_size(),
+            a.head_dim(),
+        )
+    };
+    if same(k) != same(v) || k.head_dim() != head_dim || heads % kv_heads != 0 {
+        return shape_err(format!(
+            "paged_attention: q {:?} over {} pages of {kv_heads} heads x {} (keys) / {} (values)",
+            q.shape(),
+            k.pages(),
+            k.head_dim(),
+            v.head_dim()
+        ));
+    }
+    if let Some(s) = opts.sinks.filter(|s| s.shape() != [heads]) {
+        return shape_err(format!(
+            "paged_attention: sinks {:?} for {heads} heads",
+            s.shape()
+        ));
+    }
+    let dims = table_dims("paged_attention", table, positions, tokens)?;
+    expect_f32("paged_attention", q)?;
+    let mut args = vec![
+        q,
+        k.codes(),
+        v.codes(),
+        table.tables,
+        table.seq_of,
+        positions,
+    ];
+    args.extend(opts.sinks);
+    if on_gpu("paged_attention", &args)? {
+        // Positions and tables on the device were made by the engine for this pass; the
+        // kernels clamp them into the pool instead of reading them back here.
+        return gpu::paged_attention(q, k, v, table, positions, opts);
+    }
+    let pos = positions.as_i32()?;
+    let window = opts.window;
+    let first = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
+    check_host_table("paged_attention", table, &dims, pos, k, first)?;
+    let args = AttentionArgs {
+        k: host_rows(k)?,
+        v: host_rows(v)?,
+        kv_heads,
+        page_size: k.page_size(),
+        tables: table.tables.as_i32()?,
+        width: dims.width,
+        seq_of: table.seq_of.as_i32()?,
+        runs: table.runs,
+        positions: pos,
+        window,
+        sinks: opts.sinks.map(Array::as_f32).transpose()?,
+        scale: opts.scale,
+        half_products: k.dtype().half_products(),
+    };
+    let mut out = Array::zeros(DType::F32, &[tokens, heads * head_dim])?;
+    cpu_attention::attention(q.as_f32()?, heads, head_dim, &args, out.as_f32_mut()?);
+    Ok(out)
+}
+
+/// Copies all of `src` into the start of `dst` (same dtype and trailing axes, `dst` at least
+/// as long): how a pool of pages grows.
+pub(crate) fn copy_prefix(src: &Array, dst: &mut Array) -> Result<()> {
+    if src.dtype() != dst.dtype()
+        || src.shape().get(1..) != dst.shape().get(1..)
+        || src.shape().first() > dst.shape().first()
+    {
+        return shape_err(format!(
+            "copy_prefix: {} {:?} into {} {:?}",
+            src.dtype(),
+            src.shape(),
+            dst.dtype(),
+            dst.shape()
+        ));
+    }
+    let bytes = src.nbytes();
+    if on_gpu("copy_prefix", &[src, dst])? {
+        return gpu::copy_strided(src, dst, 1, bytes, 0, 0);
+    }
+    dst.host_bytes_mut()?[..bytes].copy_from_slice(src.host_bytes()?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(v: &[f32], shape: &[usize]) -> Array {
+        Array::from_f32(v, shape).unwrap()
+    }
+
+    fn ids(v: &[i32]) -> Array {
+        Array::from_i32(v, &[v.len()]).unwrap()
+    }
+
+    fn pool(dtype: KvDType, pages: usize, kv_heads: usize, ps: usize, d: usize) -> [KvPages; 2] {
+        [0, 1].map(|_| KvPages::zeros(dtype, pages, kv_heads, ps, d, crate::Device::Cpu).unwrap())
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+    }
+
+    #[test]
+    fn attention_matches_naive_softmax() {
+        // One head, one KV head, head_dim 2, three positions in pages of 2 (the second page
+        // is page 0), query at position 2.
+        let [mut k, mut v] = pool(KvDType::F16, 3, 1, 2, 2);
+        let tables = Array::from_i32(&[2, 0], &[1, 2]).unwrap();
+        let seq = ids(&[0, 0, 0]);
+        let table = PageTable {
+            tables: &tables,
+            seq_of: &seq,
+            runs: &[3],
+        };
+        let at = ids(&[0, 1, 2]);
+        let kv = |v: &[f32]| arr(v, &[3, 1, 2]);
+        write_kv_pages(&mut k, table, &at, &kv(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0])).unwrap();
+        write_kv_pages(&mut v, table, &at, &kv(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).unwrap();
+        let q = arr(&[1.0, 2.0], &[1, 1, 2]);
+        let (one, pos) = (ids(&[0]), ids(&[2]));
+        let table = PageTable {
+            tables: &tables,
+            seq_of: &one,
+            runs: &[1],
+        };
+        let opts = AttentionOptions {
+            scale: 1.0,
+            window: None,
+            sinks: None,
+        };
+        let y = paged_attention(&q, &k, &v, table, &pos, opts).unwrap();
+        let s = [1.0f32, 2.0, 3.0].map(f32::exp);
+        let z: f32 = s.iter().sum();
+        let want0 = (s[0] * 1.0 + s[1] * 3.0 + s[2] * 5.0) / z;
+        // With an f16 cache the probabilities are rounded to f16 (relative 2^-11 each).
+        assert!((y.as_f32().unwrap()[0] - want0).abs() < 5.0 * want0 / 2048.0);
+        // A window of 1 sees only the query's own position.
+        let windowed = AttentionOptions {
+            window: Some(1),
+            ..opts
+        };
+        let y = paged_attention(&q, &k, &v, table, &pos, windowed).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[5.0, 6.0]);
+        // A sink adds mass to the denominator only.
+        let sinks = arr(&[3.0], &[1]);
+        let sunk = AttentionOptions {
+            sinks: Some(&sinks),
+            ..windowed
+        };
+        let y = paged_attention(&q, &k, &v, table, &pos, sunk).unwrap();
+        let p = 3.0f32.exp() / (3.0f32.exp() * 2.0);
+        assert!((y.as_f32().unwrap()[0] - 5.0 * p).abs() < 1e-5);
+        // A position past the pages the table holds is an error, not a wrap.
+        assert!(paged_attention(&q, &k, &v, table, &ids(&[4]), opts).is_err());
+    }
+
+    /// Runs `lens[s]` tokens of each sequence (values seeded by `seeds[s]`, from position 0)
+    /// through pools laid out by `tables` (`[seqs, width]`), then attends queries at each
+    /// sequence's last `tail` positions; returns the outputs per sequence.
+    fn run_batch(
+        dtype: KvDType,
+        tables: &[i32],
+        width: usize,
+        (lens, seeds): (&[usize], &[f32]),
+        tail: usize,
+        window: Option<usize>,
+    ) -> Vec<Vec<f32>> {
+        let (heads, kv_heads, d, ps) = (4, 2, 8, 4);
+        let [mut k, mut v] = pool(dtype, 16, kv_heads, ps, d);
+        let tables = Array::from_i32(tables, &[lens.len(), width]).unwrap();
+        let sinks = arr(&[0.5, -1.0, 0.0, 2.0], &[heads]);
+        let opts = AttentionOptions {
+            scale: 0.4,
+            window,
+            sinks: Some(&sinks),
+        };
+        let mut outs = vec![Vec::new(); lens.len()];
+        // Prefill everything but the tail in chunks of 3 per sequence, then the tail one
+        // token per pass, all sequences together in each pass (as continuous batching does).
+        let mut done = vec![0usize; lens.len()];
+        while done.iter().zip(lens).any(|(d, l)| d < l) {
+            let (mut seq_of, mut pos, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+            for (s, (&len, at)) in lens.iter().zip(&mut done).enumerate() {
+                let step = if *at + tail < len {
+                    3.min(len - tail - *at)
+                } else {
+                    1
+                };
+                let end = (*at + step).min(len);
+                for p in *at..end {
+                    seq_of.push(s as i32);
+                    pos.push(p as i32);
+                }
+                if end > *at {
+                    runs.push(end - *at);
+                }
+                *at = end;
+            }
+            if seq_of.is_empty() {
+                break;
+            }
+            let n = seq_of.len();
+            let (seq, at) = (ids(&seq_of), ids(&pos));
+            let table = PageTable {
+                tables: &tables,
+                seq_of: &seq,
+                runs: &runs,
+            };
+            // Each (sequence, position) has its own values, whatever pass it lands in.
+            let row = |salt: f32| -> Vec<f32> {
+                seq_of
+                    .iter()
+                    .zip(&pos)
+                    .flat_map(|(&s, &p)| {
+                        values(kv_heads * d, salt + 100.0 * seeds[s as usize] + p as f32)
+                    })
+                    .collect()
+            };
+            write_kv_pages(&mut k, table, &at, &arr(&row(0.0), &[n, kv_heads, d])).unwrap();
+            write_kv_pages(&mut v, table, &at, &arr(&row(0.5), &[n, kv_heads, d])).unwrap();
+            let q: Vec<f32> = seq_of
+                .iter()
+                .zip(&pos)
+                .flat_map(|(&s, &p)| values(heads * d, 7.0 + 100.0 * seeds[s as usize] + p as f32))
+                .collect();
+            let y = paged_attention(&arr(&q, &[n, heads, d]), &k, &v, table, &at, opts).unwrap();
+            for (i, out) in y.as_f32().unwrap().chunks_exact(heads * d).enumerate() {
+                let s = seq_of[i] as usize;
+                if pos[i] as usize + tail >= lens[s] {
+                    outs[s].extend_from_slice(out);
+                }
+            }
+        }
+        outs
+    }
+
+    #[test]
+    fn a_sequence_attends_the_same_alone_or_in_a_batch_and_on_any_pages() {
+        for dtype in [KvDType::F32, KvDType::F16, KvDType::Int8, KvDType::Int4] {
+            // Alone, on pages 0, 1, 2, ...
+            let alone = run_batch(dtype, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+            // Beside two others, on scattered pages.
+            let batch = run_batch(
+                dtype,
+                &[9, 2, 14, 5, 0, 1, 3, 4, 6, 7, 8, 10],
+                4,
+                (&[11, 13, 6], &[0.0, 1.0, 2.0]),
+                3,
+                None,
+            );
+            assert_eq!(batch[1], alone[0], "{dtype}");
+        }
+    }
+
+    #[test]
+    fn a_ring_of_pages_serves_a_sliding_window() {
+        // Window 5 over 13 positions: a ring of 3 pages of 4 (12 >= 5 + 3 - 1 positions in a
+        // pass) gives the same as the full table.
+        let full = run_batch(KvDType::F32, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, Some(5));
+        let ring = run_batch(KvDType::F32, &[7, 3, 11], 3, (&[13], &[1.0]), 3, Some(5));
+        assert_eq!(ring, full);
+        // Without a window the ring is too small, and that is an error.
+        let [k, v] = pool(KvDType::F32, 4, 1, 4, 2);
+        let tables = Array::from_i32(&[0, 1], &[1, 2]).unwrap();
+        let seq = ids(&[0]);
+        let table = PageTable {
+            tables: &tables,
+            seq_of: &seq,
+            runs: &[1],
+        };
+        let opts = AttentionOptions {
+            scale: 1.0,
+            window: None,
+            sinks: None,
+        };
+        let q = arr(&[0.0; 2], &[1, 1, 2]);
+        assert!(paged_attention(&q, &k, &v, table, &ids(&[9]), opts).is_err());
+    }
+
+    #[test]
+    fn quantized_caches_stay_close_to_f16() {
+        let f16s = run_batch(KvDType::F16, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+        for (dtype, bound) in [(KvDType::Int8, 0.02), (KvDType::Int4, 0.2)] {
+            let q = run_batch(dtype, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+            let err = q[0]
+                .iter()
+                .zip(&f16s[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let scale = f16s[0].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(err <= bound * scale, "{dtype}: {err} of {scale}");
+            assert!(err > 0.0, "{dtype} quantizes");
+        }
+    }
+}
