@@ -15,6 +15,7 @@ use minerva_models::{CausalLm, Logits};
 
 use crate::model_path::ModelChoice;
 
+mod kv_memory;
 mod load;
 
 /// The prompt text `scripts/bench_llama_cpp.py` uses, so both engines see the same tokens.
@@ -55,6 +56,10 @@ pub struct BenchArgs {
     /// parsed, model built; no tokenizer), resident memory, then decode speed from token ids
     #[arg(long)]
     pub load: bool,
+    /// Print what one sequence's KV cache takes per token and at 8k / 32k / 128k tokens,
+    /// for each --kv-dtype, and exit
+    #[arg(long)]
+    pub kv_memory: bool,
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
@@ -69,6 +74,21 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// A cache for `model` that takes a whole prompt of up to `max_len` tokens in one pass, as
+/// the benchmarks run them (sliding-window rings are sized for that).
+fn whole_prompt_cache(
+    model: &dyn CausalLm,
+    max_len: Option<usize>,
+    kv: KvConfig,
+) -> anyhow::Result<SequenceCache> {
+    let max_pass_tokens = max_len.unwrap_or(model.info().context_length);
+    let kv = KvConfig {
+        max_pass_tokens,
+        ..kv
+    };
+    Ok(SequenceCache::with_config(model.info(), max_len, kv)?)
+}
+
 /// Greedy decode speed: prefill `prompt` into a fresh cache, then time `gen_tokens` steps of
 /// one token each (on a GPU, replays of the captured step). Fails if the logits are not
 /// finite (a broken model or checkpoint), checked after the prompt and after the last step.
@@ -80,7 +100,7 @@ fn decode_rate(
     max_len: Option<usize>,
     sample: Option<SampleSettings>,
 ) -> anyhow::Result<DecodeRun> {
-    let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
+    let mut cache = whole_prompt_cache(model, max_len, kv)?;
     let finite = |logits: &[f32]| -> anyhow::Result<u32> {
         ensure!(
             logits.iter().all(|x| x.is_finite()),
@@ -122,6 +142,9 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
         "--runs, --prompt-tokens and --gen-tokens must be > 0"
     );
     let path = choice.path()?;
+    if args.kv_memory {
+        return kv_memory::kv_memory(&path, args.json);
+    }
     if args.load {
         return load::bench_load(&path, runs, args, choice.kv_config()?);
     }
@@ -140,7 +163,7 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
 
     let sample = args.sample.then_some(BENCH_SAMPLING);
     let one_run = || -> anyhow::Result<(f64, f64)> {
-        let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
+        let mut cache = whole_prompt_cache(model, max_len, kv)?;
         let t = Instant::now();
         let logits = forward(model, &prompt, &mut cache, Logits::Last)?;
         argmax(&logits.to_f32_vec()?);
@@ -220,7 +243,7 @@ fn roofline(
         let first = prompt(1024);
         let mut times = Vec::new();
         for _ in 0..3 {
-            let mut cache = SequenceCache::with_config(model.info(), Some(1025), kv)?;
+            let mut cache = whole_prompt_cache(model, Some(1025), kv)?;
             let t = Instant::now();
             let logits = forward(model, &first, &mut cache, Logits::Last)?;
             argmax(&logits.to_f32_vec()?);
@@ -278,12 +301,12 @@ fn kernel_profile(
     }
     gpu.take_profile()?;
     if long.len() < model.info().context_length {
-        let mut cache = SequenceCache::with_config(model.info(), Some(long.len() + 1), kv)?;
+        let mut cache = whole_prompt_cache(model, Some(long.len() + 1), kv)?;
         forward(model, long, &mut cache, Logits::Last)?;
         let title = format!("GPU kernel time of a {}-token prompt", long.len());
         show_profile(&title, &gpu, 1.0, "prompt")?;
     }
-    let mut cache = SequenceCache::with_config(model.info(), max_len, kv)?;
+    let mut cache = whole_prompt_cache(model, max_len, kv)?;
     let mut token = argmax(&forward(model, short, &mut cache, Logits::Last)?.to_f32_vec()?);
     gpu.take_profile()?;
     for _ in 0..gen_tokens {

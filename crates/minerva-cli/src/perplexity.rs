@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::Args;
-use minerva_engine::{forward, SequenceCache};
+use minerva_engine::{forward, KvConfig, SequenceCache};
 use minerva_models::Logits;
 
 use crate::model_path::ModelChoice;
@@ -64,7 +64,15 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
     );
     let start = Instant::now();
     let (mut nll, mut scored) = (0f64, 0usize);
-    let mut cache = SequenceCache::with_config(model.info(), Some(args.ctx), engine.kv_config())?;
+    let mut cache = SequenceCache::with_config(
+        model.info(),
+        Some(args.ctx),
+        KvConfig {
+            // Each window runs in one pass.
+            max_pass_tokens: args.ctx,
+            ..engine.kv_config()
+        },
+    )?;
     for w in 0..windows {
         let mut window = tokens[w * args.ctx..(w + 1) * args.ctx].to_vec();
         if let Some(bos) = bos {

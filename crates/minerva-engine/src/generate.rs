@@ -15,9 +15,6 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
 use minerva_models::tokenizer::StreamDecoder;
 
-/// Longest prompt slice run through the model at once; bounds activation memory.
-const PREFILL_CHUNK: usize = 512;
-
 /// Runs one forward pass on the compute thread pool. The pass's serial parts then run on a
 /// pool worker that joins every parallel op itself, instead of handing each op to the pool
 /// and sleeping until it is done (a wake-up per matmul costs tens of microseconds).
@@ -252,7 +249,10 @@ impl<'m> Session<'m> {
     pub fn step(&mut self) -> Result<Step> {
         let run = self.run.as_mut().ok_or(EngineError::NotGenerating)?;
         if run.prefill_at < run.prompt.len() {
-            let end = (run.prefill_at + PREFILL_CHUNK).min(run.prompt.len());
+            // Prompt slices as long as the cache takes in one pass (bounding activation
+            // memory too).
+            let chunk = self.cache.config().max_pass_tokens;
+            let end = (run.prefill_at + chunk).min(run.prompt.len());
             let chunk = &run.prompt[run.prefill_at..end];
             let out = forward(self.model, chunk, &mut self.cache, Logits::Last)?;
             self.tokens.extend_from_slice(chunk);

@@ -6,8 +6,8 @@
 //! sequence's table grows with it; a sliding-window layer only needs its window, so its
 //! table is a ring of pages reused as the sequence moves on (gpt-oss's 12 sliding layers
 //! then cost a few pages per sequence, whatever its length). A ring is as wide as the
-//! window plus the most tokens one pass brings, so a prompt chunk never overwrites keys
-//! one of its own queries still sees.
+//! window plus the most tokens one pass brings ([`KvConfig::max_pass_tokens`]), so a
+//! prompt chunk never overwrites keys one of its own queries still sees.
 //!
 //! A forward pass names its sequences and how many tokens each brings ([`PassInputs`]);
 //! [`PagedKvCache::view`] is the [`KvCache`] a model runs that pass against.
@@ -20,15 +20,17 @@ use minerva_models::{KvCache, ModelInfo};
 /// enough that a page is a long contiguous read.
 pub const DEFAULT_PAGE_SIZE: usize = 16;
 
-/// Most tokens one sequence may bring to a single forward pass (the prompt chunk); rings
-/// of sliding-window layers are sized for it.
-pub const MAX_PASS_TOKENS: usize = 512;
+/// Most tokens one sequence brings to a single forward pass unless set: the prompt chunk.
+pub const DEFAULT_MAX_PASS_TOKENS: usize = 512;
 
 /// How the cache stores keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvConfig {
     pub dtype: KvDType,
     pub page_size: usize,
+    /// Most tokens one sequence may bring to a forward pass; rings of sliding-window layers
+    /// are sized for it (window + this many positions).
+    pub max_pass_tokens: usize,
 }
 
 impl Default for KvConfig {
@@ -36,6 +38,7 @@ impl Default for KvConfig {
         KvConfig {
             dtype: KvDType::F16,
             page_size: DEFAULT_PAGE_SIZE,
+            max_pass_tokens: DEFAULT_MAX_PASS_TOKENS,
         }
     }
 }
@@ -72,8 +75,6 @@ struct Sequence {
 /// Keys and values of every layer, in pages; see the module documentation.
 pub struct PagedKvCache {
     config: KvConfig,
-    kv_heads: usize,
-    head_dim: usize,
     device: Device,
     max_len: usize,
     /// Per layer: keys, values, and the layer's group.
@@ -84,6 +85,27 @@ pub struct PagedKvCache {
     growable: bool,
     /// Changes whenever the pools move (a captured graph must then be recorded again).
     epoch: u64,
+}
+
+/// Each layer's window (`None` when it sees every position of a sequence of `max_len`)
+/// and how many pages its table holds per sequence.
+fn layer_tables(info: &ModelInfo, max_len: usize, config: KvConfig) -> Vec<(Option<usize>, usize)> {
+    let ps = config.page_size;
+    let full = max_len.div_ceil(ps);
+    (0..info.layers)
+        .map(|l| {
+            let window = info
+                .windows
+                .get(l)
+                .copied()
+                .flatten()
+                .filter(|&w| w < max_len);
+            let width = window.map_or(full, |w| {
+                (w + config.max_pass_tokens - 1).div_ceil(ps).min(full)
+            });
+            (window, width)
+        })
+        .collect()
 }
 
 /// Pages a pool starts with when it grows on demand.
@@ -104,25 +126,17 @@ impl PagedKvCache {
             .unwrap_or(info.context_length)
             .min(info.context_length)
             .max(1);
-        let ps = config.page_size.max(1);
+        let config = KvConfig {
+            page_size: config.page_size.max(1),
+            ..config
+        };
+        let ps = config.page_size;
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of = Vec::with_capacity(info.layers);
-        for l in 0..info.layers {
-            let window = info
-                .windows
-                .get(l)
-                .copied()
-                .flatten()
-                .filter(|&w| w < max_len);
+        for (window, width) in layer_tables(info, max_len, config) {
             let g = match groups.iter().position(|g| g.window == window) {
                 Some(g) => g,
                 None => {
-                    let width = match window {
-                        Some(w) => (w + MAX_PASS_TOKENS - 1)
-                            .div_ceil(ps)
-                            .min(max_len.div_ceil(ps)),
-                        None => max_len.div_ceil(ps),
-                    };
                     let pages = match (pages, window) {
                         (None, _) => INITIAL_PAGES.min(width),
                         (Some(n), None) => n,
@@ -156,12 +170,7 @@ impl PagedKvCache {
             })
             .collect::<Result<_>>()?;
         Ok(PagedKvCache {
-            config: KvConfig {
-                page_size: ps,
-                ..config
-            },
-            kv_heads: info.kv_heads,
-            head_dim: info.head_dim,
+            config,
             device: info.device,
             max_len,
             layers,
@@ -189,13 +198,14 @@ impl PagedKvCache {
             .sum()
     }
 
-    /// Bytes a sequence of `len` tokens holds: its pages in every layer.
-    pub fn bytes_for(&self, len: usize) -> usize {
-        let row = self.config.dtype.row_bytes(self.head_dim) * self.kv_heads;
-        let ps = self.config.page_size;
-        self.layers
-            .iter()
-            .map(|&(_, _, g)| 2 * row * ps * len.div_ceil(ps).min(self.groups[g].width))
+    /// Bytes one sequence of `len` tokens holds in a cache of `config` for `info`'s layers:
+    /// its pages in every layer (a window's ring at most), parameters included.
+    pub fn sequence_bytes(info: &ModelInfo, config: KvConfig, len: usize) -> usize {
+        let row = config.dtype.row_bytes(info.head_dim) * info.kv_heads;
+        let ps = config.page_size.max(1);
+        layer_tables(info, len.max(1), config)
+            .into_iter()
+            .map(|(_, width)| 2 * row * ps * len.div_ceil(ps).min(width))
             .sum()
     }
 
@@ -288,9 +298,10 @@ impl PagedKvCache {
                 self.max_len
             )));
         }
-        if tokens > MAX_PASS_TOKENS {
+        if tokens > self.config.max_pass_tokens {
             return Err(Error::Shape(format!(
-                "{tokens} tokens of one sequence in a pass (at most {MAX_PASS_TOKENS})"
+                "{tokens} tokens of one sequence in a pass (this cache takes at most {})",
+                self.config.max_pass_tokens
             )));
         }
         let ps = self.config.page_size;
@@ -502,6 +513,10 @@ impl SequenceCache {
 
     pub fn max_len(&self) -> usize {
         self.cache.max_len()
+    }
+
+    pub fn config(&self) -> KvConfig {
+        self.cache.config()
     }
 
     /// Bytes of the pools.
