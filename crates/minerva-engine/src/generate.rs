@@ -134,16 +134,16 @@ pub struct Session<'m> {
     run: Option<Run<'m>>,
 }
 
-/// The state of the generation in progress.
-struct Run<'m> {
-    options: GenerateOptions,
-    prompt: Vec<u32>,
+/// The state of one generation: its prompt, sampler, text decoding and statistics.
+pub(crate) struct Run<'m> {
+    pub(crate) options: GenerateOptions,
+    pub(crate) prompt: Vec<u32>,
     reused: usize,
     /// Prompt tokens still to run through the model.
     prefill_at: usize,
     /// Logits for the next token, once the prompt (or the last token) has run.
     logits: Option<Vec<f32>>,
-    sampler: Sampler,
+    pub(crate) sampler: Sampler,
     decoder: StreamDecoder<&'m Tokenizer>,
     stop: StopMatcher,
     generated: usize,
@@ -227,20 +227,7 @@ impl<'m> Session<'m> {
         let shared = common_prefix(&self.tokens, prompt).min(prompt.len() - 1);
         let reused = self.cache.truncate(shared);
         self.tokens.truncate(reused);
-        self.run = Some(Run {
-            options: options.clone(),
-            prompt: prompt.to_vec(),
-            reused,
-            prefill_at: reused,
-            logits: None,
-            sampler: Sampler::new(options.sampler.clone()),
-            decoder: self.tokenizer.stream_decoder(),
-            stop: StopMatcher::new(&options.stop),
-            generated: 0,
-            started: Instant::now(),
-            prefill_time: Duration::ZERO,
-            decode_start: None,
-        });
+        self.run = Some(Run::new(self.tokenizer, prompt, options, reused));
         Ok(())
     }
 
@@ -264,10 +251,9 @@ impl<'m> Session<'m> {
                 });
             }
             run.logits = Some(out.to_f32_vec()?);
-            run.prefill_time = run.started.elapsed();
-            run.decode_start = Some(Instant::now());
+            run.prompt_done();
         }
-        if run.generated == run.options.max_tokens {
+        if run.at_limit() {
             return Ok(self.finish(FinishReason::Length, String::new()));
         }
         let (id, logits) = match run.logits.take() {
@@ -298,22 +284,18 @@ impl<'m> Session<'m> {
                 }
             }
         };
-        run.generated += 1;
-        if self.tokenizer.is_eog(id) {
-            return Ok(self.finish(FinishReason::EndOfText, String::new()));
+        match run.accept(id, &logits, self.tokenizer)? {
+            Accepted::Token(token) => {
+                self.tokens.push(id);
+                Ok(Step::Token(token))
+            }
+            Accepted::End(finish, text) => {
+                if finish == FinishReason::Stop {
+                    self.tokens.push(id);
+                }
+                Ok(self.finish(finish, text))
+            }
         }
-        let logprobs = run
-            .options
-            .logprobs
-            .map(|top| token_logprobs(&logits, id, top));
-        let piece = run.decoder.push(id)?.unwrap_or_default();
-        let (text, stopped) = run.stop.push(&piece);
-        self.tokens.push(id);
-        if stopped {
-            // Emit the text before the stop string with this token, then end.
-            return Ok(self.finish(FinishReason::Stop, text));
-        }
-        Ok(Step::Token(SampledToken { id, text, logprobs }))
     }
 
     /// Stops the generation in progress, if any, and returns its statistics.
@@ -322,24 +304,98 @@ impl<'m> Session<'m> {
         Some(run.stats(FinishReason::Cancelled))
     }
 
-    /// Ends the generation; `text` is final text not yet emitted. Without a stop string,
-    /// whatever the decoder and the stop matcher still hold is released after it.
-    fn finish(&mut self, finish: FinishReason, mut text: String) -> Step {
-        let mut run = self.run.take().expect("a generation is running");
-        if finish != FinishReason::Stop {
-            let tail = run.decoder.finish().unwrap_or_default();
-            let (emit, _) = run.stop.push(&tail);
-            text = text + &emit + &run.stop.finish();
-        }
-        Step::Finished {
-            text,
-            stats: run.stats(finish),
-        }
+    /// Ends the generation; see [`Run::end`].
+    fn finish(&mut self, finish: FinishReason, text: String) -> Step {
+        self.run
+            .take()
+            .expect("a generation is running")
+            .end(finish, text)
     }
 }
 
-impl Run<'_> {
-    fn stats(&self, finish: FinishReason) -> GenerationStats {
+/// What became of a sampled token.
+pub(crate) enum Accepted {
+    Token(SampledToken),
+    /// The generation ends with it (end of text, or a stop string; `String` is the text
+    /// before the stop string not yet emitted).
+    End(FinishReason, String),
+}
+
+impl<'m> Run<'m> {
+    pub(crate) fn new(
+        tokenizer: &'m Tokenizer,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        reused: usize,
+    ) -> Run<'m> {
+        Run {
+            options: options.clone(),
+            prompt: prompt.to_vec(),
+            reused,
+            prefill_at: reused,
+            logits: None,
+            sampler: Sampler::new(options.sampler.clone()),
+            decoder: tokenizer.stream_decoder(),
+            stop: StopMatcher::new(&options.stop),
+            generated: 0,
+            started: Instant::now(),
+            prefill_time: Duration::ZERO,
+            decode_start: None,
+        }
+    }
+
+    /// Marks the prompt as done: the first token is being picked.
+    pub(crate) fn prompt_done(&mut self) {
+        self.prefill_time = self.started.elapsed();
+        self.decode_start = Some(Instant::now());
+    }
+
+    /// Whether `max_tokens` have been generated.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.generated == self.options.max_tokens
+    }
+
+    /// Takes sampled token `id` (with the `logits` it was drawn from, when they are on the
+    /// host; needed for log-probabilities): counts it, decodes its text, watches for the end
+    /// of text and stop strings.
+    pub(crate) fn accept(
+        &mut self,
+        id: u32,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+    ) -> Result<Accepted> {
+        self.generated += 1;
+        if tokenizer.is_eog(id) {
+            return Ok(Accepted::End(FinishReason::EndOfText, String::new()));
+        }
+        let logprobs = self
+            .options
+            .logprobs
+            .map(|top| token_logprobs(logits, id, top));
+        let piece = self.decoder.push(id)?.unwrap_or_default();
+        let (text, stopped) = self.stop.push(&piece);
+        if stopped {
+            // Emit the text before the stop string with this token, then end.
+            return Ok(Accepted::End(FinishReason::Stop, text));
+        }
+        Ok(Accepted::Token(SampledToken { id, text, logprobs }))
+    }
+
+    /// The generation's last step; `text` is final text not yet emitted. Without a stop
+    /// string, whatever the decoder and the stop matcher still hold is released after it.
+    pub(crate) fn end(mut self, finish: FinishReason, mut text: String) -> Step {
+        if finish != FinishReason::Stop {
+            let tail = self.decoder.finish().unwrap_or_default();
+            let (emit, _) = self.stop.push(&tail);
+            text = text + &emit + &self.stop.finish();
+        }
+        Step::Finished {
+            text,
+            stats: self.stats(finish),
+        }
+    }
+
+    pub(crate) fn stats(&self, finish: FinishReason) -> GenerationStats {
         GenerationStats {
             prompt_tokens: self.prompt.len(),
             reused_tokens: self.reused,

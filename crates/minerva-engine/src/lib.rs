@@ -15,6 +15,7 @@
 //! # Ok::<(), minerva_engine::EngineError>(())
 //! ```
 
+pub mod batch;
 pub mod decode_step;
 pub mod engine;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod reply;
 pub mod sampler;
 mod stop;
 
+pub use batch::{Batch, BatchConfig, GenId};
 pub use decode_step::DecodeStep;
 pub use engine::Engine;
 pub use error::{EngineError, Result};

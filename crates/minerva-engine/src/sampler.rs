@@ -81,18 +81,23 @@ impl Sampler {
             && c.frequency_penalty == 0.0
     }
 
+    /// Whether [`device_draw`](Sampler::device_draw) gives draws.
+    pub fn draws_on_device(&self) -> bool {
+        let c = &self.config;
+        c.temperature > 0.0
+            && c.repetition_penalty == 1.0
+            && c.presence_penalty == 0.0
+            && c.frequency_penalty == 0.0
+    }
+
     /// The settings and randomness of the next draw made where the logits are (see
     /// `ops::sample`), when the choice depends on the logits alone: sampling (not greedy)
     /// without penalties over the history. Each call is a new draw; seeded samplers repeat.
     pub fn device_draw(&mut self) -> Option<(SampleSettings, Draw)> {
-        let c = &self.config;
-        if c.temperature <= 0.0
-            || c.repetition_penalty != 1.0
-            || c.presence_penalty != 0.0
-            || c.frequency_penalty != 0.0
-        {
+        if !self.draws_on_device() {
             return None;
         }
+        let c = &self.config;
         let draw = Draw {
             seed: self.seed,
             counter: self.device_draws,

@@ -35,7 +35,10 @@ pub(super) fn kv_memory(path: &Path, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "model": path.display().to_string(), "kv": rows }));
+        println!(
+            "{}",
+            serde_json::json!({ "model": path.display().to_string(), "kv": rows })
+        );
         return Ok(());
     }
     println!(
@@ -46,7 +49,10 @@ pub(super) fn kv_memory(path: &Path, json: bool) -> anyhow::Result<()> {
         info.head_dim,
         info.context_length
     );
-    println!("{:<6} {:>14} {:>10} {:>10} {:>10}", "dtype", "bytes/token", "8k", "32k", "128k");
+    println!(
+        "{:<6} {:>14} {:>10} {:>10} {:>10}",
+        "dtype", "bytes/token", "8k", "32k", "128k"
+    );
     for (dtype, per_token, at) in rows {
         println!(
             "{:<6} {:>14} {:>9.3}G {:>9.3}G {:>9.3}G",

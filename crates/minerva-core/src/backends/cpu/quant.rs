@@ -342,36 +342,33 @@ mod avx2 {
         }
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offset = _mm_setzero_ps();
+        // Each token sums exactly as `dot_q4` does (even and odd blocks in two accumulators,
+        // offsets multiplied then added), so a token's result is the same bits whether it
+        // runs alone or beside others: batch invariance.
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut offset = [[0.0f32; 2]; 4];
         for b in 0..nb {
+            let lane = b & 1;
             let block = w.as_ptr().add(b * bb);
             let dw = half(block);
             let bytes = _mm_loadu_si128(block.add(bb - 16).cast());
             let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), mask);
-            for (t, x) in xs.iter().enumerate() {
-                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
-                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones));
-                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(b));
-                acc[t] = _mm256_fmadd_ps(dot, scale, acc[t]);
-            }
-            let s = _mm_set_ps(
-                *xs[3].s.get_unchecked(b),
-                *xs[2].s.get_unchecked(b),
-                *xs[1].s.get_unchecked(b),
-                *xs[0].s.get_unchecked(b),
-            );
             let factor = if HAS_MIN {
                 half(block.add(2))
             } else {
                 -8.0 * dw
             };
-            offset = _mm_fmadd_ps(_mm_set1_ps(factor), s, offset);
+            for (t, x) in xs.iter().enumerate() {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones));
+                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(b));
+                acc[t][lane] = _mm256_fmadd_ps(dot, scale, acc[t][lane]);
+                offset[t][lane] += factor * *x.s.get_unchecked(b);
+            }
         }
         let mut out = [0.0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), offset);
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o += hsum(a);
+        for ((o, a), off) in out.iter_mut().zip(acc).zip(offset) {
+            *o = hsum(_mm256_add_ps(a[0], a[1])) + off[0] + off[1];
         }
         out
     }
@@ -608,6 +605,14 @@ mod tests {
                     (a - b).abs() <= 1e-4 * a.abs().max(1.0),
                     "{dtype} t{t} r{r}: {a} vs {b}"
                 );
+            }
+            // Batch invariance: a token's result is the same bits alone (the single-token
+            // kernel) as among others (the four-token kernel).
+            for t in 0..tokens {
+                let mut alone = vec![0.0; n];
+                matmul(dtype, &w, n, k, &x[t * k..(t + 1) * k], &mut alone);
+                let among: Vec<f32> = (0..n).map(|r| out[t * n + r]).collect();
+                assert_eq!(alone, among, "{dtype} token {t}");
             }
         }
     }
