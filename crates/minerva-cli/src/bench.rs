@@ -17,6 +17,7 @@ use crate::model_path::ModelChoice;
 
 mod kv_memory;
 mod load;
+mod streams;
 
 /// The prompt text `scripts/bench_llama_cpp.py` uses, so both engines see the same tokens.
 const TEXT: &str =
@@ -60,6 +61,10 @@ pub struct BenchArgs {
     /// for each --kv-dtype, and exit
     #[arg(long)]
     pub kv_memory: bool,
+    /// Concurrent generations to measure through the continuous batch, e.g. 1,4,10,32,64
+    /// (mixed prompt lengths, --gen-tokens each; total and per-stream tok/s)
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
@@ -152,6 +157,9 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     let kv = engine.kv_config();
     let model = engine.model();
     let base = engine.tokenizer().encode(TEXT, false)?;
+    if !args.streams.is_empty() {
+        return streams::streams(&engine, &base, &args.streams, args.gen_tokens, args.json);
+    }
     let prompt: Vec<u32> = base
         .iter()
         .copied()

@@ -20,9 +20,13 @@ pub struct ServeArgs {
     /// Require this key as `Authorization: Bearer KEY` on /v1/* [env: MINERVA_API_KEY]
     #[arg(long, env = "MINERVA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Generations run at once (interleaved token by token)
-    #[arg(long, default_value_t = 4)]
+    /// Generations run at once, in one continuous batch (one forward pass per step for all)
+    #[arg(long, visible_alias = "max-batch", default_value_t = 16)]
     pub max_concurrent: usize,
+    /// KV pool size in pages of 16 positions per full-attention layer [default: grow as
+    /// needed]; when full, the newest generations are preempted and recomputed later
+    #[arg(long)]
+    pub kv_pages: Option<usize>,
     /// Requests waiting for a slot; beyond this the server answers 429
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
@@ -58,7 +62,9 @@ pub fn serve(choice: &ModelChoice, args: &ServeArgs) -> anyhow::Result<()> {
             max_concurrent: args.max_concurrent.max(1),
             max_queue: args.max_queue,
             max_context: args.max_context,
+            kv_pages: args.kv_pages,
         },
+        kv: choice.kv_config()?,
         load_delay: Duration::from_millis(args.load_delay_ms),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -142,10 +142,15 @@ impl<'m> Batch<'m> {
         self.cache.max_len()
     }
 
-    /// Tokens cached over all generations, and the bytes of the cache's pools.
+    /// Tokens cached over all generations, and the bytes of the pages they hold.
     pub fn kv_usage(&self) -> (usize, usize) {
         let tokens = self.entries.iter().map(|e| self.cache.len(e.seq)).sum();
-        (tokens, self.cache.bytes())
+        (tokens, self.cache.bytes_in_use())
+    }
+
+    /// Bytes of the cache's pools, pages in use or free.
+    pub fn kv_pool_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// Adds a generation of a continuation of `prompt`; it runs from the next step.

@@ -36,6 +36,8 @@ pub struct GenerateOptions {
     /// Report each sampled token's log-probability and this many most likely alternatives
     /// (None = no log-probabilities).
     pub logprobs: Option<usize>,
+    /// Keep generating past end-of-text tokens (benchmarks that need answers of one length).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
@@ -45,6 +47,7 @@ impl Default for GenerateOptions {
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
             logprobs: None,
+            ignore_eos: false,
         }
     }
 }
@@ -365,7 +368,7 @@ impl<'m> Run<'m> {
         tokenizer: &Tokenizer,
     ) -> Result<Accepted> {
         self.generated += 1;
-        if tokenizer.is_eog(id) {
+        if tokenizer.is_eog(id) && !self.options.ignore_eos {
             return Ok(Accepted::End(FinishReason::EndOfText, String::new()));
         }
         let logprobs = self

@@ -209,6 +209,18 @@ impl PagedKvCache {
             .sum()
     }
 
+    /// Bytes of the pages sequences hold now.
+    pub fn bytes_in_use(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v, g)| {
+                let group = &self.groups[*g];
+                let used = group.pages - group.free.len();
+                (k.nbytes() + v.nbytes()) / group.pages.max(1) * used
+            })
+            .sum()
+    }
+
     /// Changes whenever the pools move.
     pub fn epoch(&self) -> u64 {
         self.epoch

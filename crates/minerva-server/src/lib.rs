@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use minerva_engine::{Device, Engine, EngineError};
+use minerva_engine::{Device, Engine, EngineError, KvConfig};
 use tokio::net::TcpListener;
 
 pub use app::{router, App, Ready};
@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Require `Authorization: Bearer KEY` on `/v1/*`.
     pub api_key: Option<String>,
     pub limits: Limits,
+    /// How the KV cache stores keys and values.
+    pub kv: KvConfig,
     /// Wait this long before loading (lets tests observe the loading state).
     pub load_delay: Duration,
 }
@@ -85,9 +87,12 @@ impl Server {
             axum::serve(self.listener, router(app.clone())).with_graceful_shutdown(shutdown);
         let server = tokio::spawn(async move { serving.await });
         let (path, delay, device) = (config.model.clone(), config.load_delay, config.device);
+        let kv = config.kv;
         let loaded = tokio::task::spawn_blocking(move || {
             std::thread::sleep(delay);
-            Engine::load_on(&path, device, &mut |_, _| {})
+            let mut engine = Engine::load_on(&path, device, &mut |_, _| {})?;
+            engine.set_kv_config(kv);
+            Ok::<_, minerva_engine::EngineError>(engine)
         })
         .await;
         let engine = match loaded {

@@ -216,6 +216,7 @@ impl Request {
                 },
                 stop,
                 logprobs,
+                ignore_eos: false,
             },
             n,
             stream,

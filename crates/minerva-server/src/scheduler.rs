@@ -1,16 +1,18 @@
 //! The scheduler: one thread that owns the model's compute. Requests wait in a bounded FIFO
-//! queue; up to `max_concurrent` generations run at once, advanced one model pass each in
-//! turn (round robin), so a long answer cannot starve a short one. A generation whose
-//! receiver is gone (the client disconnected) is dropped before its next pass, freeing its
-//! KV cache. Real batching of the active generations comes with the paged KV cache.
+//! queue; up to `max_concurrent` generations run at once in one continuous batch
+//! (`minerva_engine::Batch`): each step is one forward pass over all of them, and a request
+//! joins at the step after it arrives. A generation whose receiver is gone (the client
+//! disconnected) leaves the batch before the next step, and its KV pages are free at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use minerva_engine::{Engine, GenerateOptions, GenerationStats, SampledToken, Session, Step};
+use minerva_engine::{
+    Batch, BatchConfig, Engine, GenId, GenerateOptions, GenerationStats, SampledToken, Step,
+};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -42,6 +44,9 @@ pub struct Limits {
     pub max_queue: usize,
     /// KV cache tokens per generation (None: the model's context length).
     pub max_context: Option<usize>,
+    /// Pages of 16 positions in the KV pool's full-attention layers (None: grow on demand);
+    /// when they run out, the newest generations are preempted and recomputed later.
+    pub kv_pages: Option<usize>,
 }
 
 /// The queue was full: the request is refused (HTTP 429).
@@ -140,18 +145,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A generation being advanced.
-struct Active<'e> {
-    session: Session<'e>,
+/// A generation in the batch: where its events go and its timing.
+struct Active {
     events: mpsc::UnboundedSender<Event>,
     submitted: Instant,
     last_token: Option<Instant>,
 }
 
 fn run(engine: &Engine, shared: &Shared) {
-    let mut active: Vec<Active<'_>> = Vec::new();
+    let config = BatchConfig {
+        max_batch: shared.limits.max_concurrent,
+        max_context: shared.limits.max_context,
+        kv_pages: shared.limits.kv_pages,
+        kv: engine.kv_config(),
+        ..BatchConfig::default()
+    };
+    let mut batch = match Batch::new(engine.model(), engine.tokenizer(), config) {
+        Ok(batch) => batch,
+        Err(err) => return fail_everything(shared, &err.to_string()),
+    };
+    let mut active: HashMap<GenId, Active> = HashMap::new();
     while !shared.shutdown.load(Ordering::Acquire) {
-        admit(engine, shared, &mut active);
+        admit(shared, &mut batch, &mut active);
         if active.is_empty() {
             let queue = lock(&shared.queue);
             if queue.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
@@ -159,41 +174,86 @@ fn run(engine: &Engine, shared: &Shared) {
             }
             continue;
         }
-        let before = active.len();
-        active.retain_mut(|gen| advance(gen, &shared.metrics));
-        end(shared, before - active.len());
-        publish_kv(&shared.metrics, &active);
+        // Clients that left: out of the batch before the pass, their pages freed.
+        let gone: Vec<GenId> = active
+            .iter()
+            .filter(|(_, g)| g.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &gone {
+            batch.cancel(*id);
+            active.remove(id);
+            shared.metrics.cancelled.inc();
+        }
+        let mut ended = gone.len();
+        match batch.step() {
+            Ok(events) => {
+                for (id, step) in events {
+                    let Some(gen) = active.get_mut(&id) else {
+                        continue;
+                    };
+                    if !deliver(gen, step, &shared.metrics) {
+                        batch.cancel(id);
+                        active.remove(&id);
+                        ended += 1;
+                    }
+                }
+            }
+            Err(err) => {
+                // A pass failed for all of them: each gets the error, none is left half-done.
+                for (id, gen) in active.drain() {
+                    batch.cancel(id);
+                    let _ = gen.events.send(Event::Failed(err.to_string()));
+                    ended += 1;
+                }
+            }
+        }
+        end(shared, ended);
+        publish_kv(&shared.metrics, &batch);
     }
 }
 
-/// Moves queued jobs into free slots (dropping those whose client already left).
-fn admit<'e>(engine: &'e Engine, shared: &Shared, active: &mut Vec<Active<'e>>) {
+/// Answers every queued request with `message` (the batch could not be made).
+fn fail_everything(shared: &Shared, message: &str) {
+    while !shared.shutdown.load(Ordering::Acquire) {
+        let mut queue = lock(&shared.queue);
+        let failed = queue.len();
+        for q in queue.drain(..) {
+            let _ = q.events.send(Event::Failed(message.to_string()));
+        }
+        drop(queue);
+        end(shared, failed);
+        let queue = lock(&shared.queue);
+        if queue.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
+            drop(shared.wake.wait(queue));
+        }
+    }
+}
+
+/// Moves queued jobs into the batch while it has room (dropping those whose client already
+/// left).
+fn admit(shared: &Shared, batch: &mut Batch<'_>, active: &mut HashMap<GenId, Active>) {
     let mut queue = lock(&shared.queue);
     let before = queue.len();
     queue.retain(|q| !q.events.is_closed());
     let mut ended = before - queue.len();
     shared.metrics.cancelled.inc_by(ended as u64);
-    while active.len() < shared.limits.max_concurrent {
+    while batch.has_room() {
         let Some(q) = queue.pop_front() else { break };
-        let started = engine
-            .session(shared.limits.max_context)
-            .and_then(|mut session| {
-                session
-                    .start(&q.job.prompt, &q.job.options)
-                    .map(|_| session)
-            });
-        match started {
-            Ok(session) => {
+        match batch.add(&q.job.prompt, &q.job.options) {
+            Ok(id) => {
                 shared
                     .metrics
                     .prompt_tokens
                     .inc_by(q.job.prompt.len() as u64);
-                active.push(Active {
-                    session,
-                    events: q.events,
-                    submitted: q.submitted,
-                    last_token: None,
-                });
+                active.insert(
+                    id,
+                    Active {
+                        events: q.events,
+                        submitted: q.submitted,
+                        last_token: None,
+                    },
+                );
             }
             Err(err) => {
                 let _ = q.events.send(Event::Failed(err.to_string()));
@@ -207,15 +267,11 @@ fn admit<'e>(engine: &'e Engine, shared: &Shared, active: &mut Vec<Active<'e>>) 
     end(shared, ended);
 }
 
-/// Runs one pass of `gen`; false once it has ended (finished, failed or abandoned).
-fn advance(gen: &mut Active<'_>, metrics: &Metrics) -> bool {
-    if gen.events.is_closed() {
-        metrics.cancelled.inc();
-        return false;
-    }
-    match gen.session.step() {
-        Ok(Step::Prefill { .. }) => true,
-        Ok(Step::Token(token)) => {
+/// Sends what a step did for `gen`; false once it has ended (finished, failed or abandoned).
+fn deliver(gen: &mut Active, step: Step, metrics: &Metrics) -> bool {
+    match step {
+        Step::Prefill { .. } => true,
+        Step::Token(token) => {
             let now = Instant::now();
             match gen.last_token {
                 None => metrics
@@ -233,7 +289,7 @@ fn advance(gen: &mut Active<'_>, metrics: &Metrics) -> bool {
             }
             delivered
         }
-        Ok(Step::Finished { text, stats }) => {
+        Step::Finished { text, stats } => {
             // The final token (end of text, or the one completing a stop string) produced
             // no `Token` step but was generated.
             if matches!(
@@ -243,10 +299,6 @@ fn advance(gen: &mut Active<'_>, metrics: &Metrics) -> bool {
                 metrics.generated_tokens.inc();
             }
             let _ = gen.events.send(Event::Finished { text, stats });
-            false
-        }
-        Err(err) => {
-            let _ = gen.events.send(Event::Failed(err.to_string()));
             false
         }
     }
@@ -259,12 +311,9 @@ fn end(shared: &Shared, ended: usize) {
     }
 }
 
-fn publish_kv(metrics: &Metrics, active: &[Active<'_>]) {
-    metrics.active.set(active.len() as i64);
-    metrics
-        .kv_tokens
-        .set(active.iter().map(|g| g.session.tokens().len() as i64).sum());
-    metrics
-        .kv_bytes
-        .set(active.iter().map(|g| g.session.kv_bytes() as i64).sum());
+fn publish_kv(metrics: &Metrics, batch: &Batch<'_>) {
+    let (tokens, bytes) = batch.kv_usage();
+    metrics.active.set(batch.len() as i64);
+    metrics.kv_tokens.set(tokens as i64);
+    metrics.kv_bytes.set(bytes as i64);
 }
