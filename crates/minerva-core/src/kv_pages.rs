@@ -128,7 +128,7 @@ impl KvPages {
                 "KV pages of {kv_heads} heads x {page_size} positions x {head_dim} values"
             )));
         }
-        if dtype == KvDType::Int4 && head_dim % 2 != 0 {
+        if dtype == KvDType::Int4 && !head_dim.is_multiple_of(2) {
             return Err(Error::Unsupported(format!(
                 "an int4 KV cache with an odd head_dim {head_dim}"
             )));

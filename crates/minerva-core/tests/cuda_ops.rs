@@ -678,11 +678,11 @@ fn paged_kv_writes_and_attention() {
         return;
     }
     let mut rng = Rng(7);
-    let ps = 16usize;
+    let ps = 16;
     // (heads, kv_heads, head_dim, prompt, window, sinks, ring): two sequences share each pass,
     // on scattered pages; a ring table holds only the window plus a pass.
-    let cases: [(usize, usize, usize, usize, Option<usize>, bool, bool); 6] = [
-        (64, 8, 64, 300, Some(128), true, false),
+    let cases = [
+        (64, 8, 64, 300usize, Some(128usize), true, false),
         (64, 8, 64, 100, Some(16), true, true),
         (64, 8, 64, 300, None, true, false),
         (9, 3, 64, 70, None, false, false),

@@ -159,7 +159,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// The pointers of a call over tokens `first..` alone.
-    fn from_token(self, first: usize) -> Self {
+    fn at_token(self, first: usize) -> Self {
         let row = (first * self.heads * self.head_dim * 4) as u64;
         let id = (first * 4) as u64;
         Call {
@@ -215,9 +215,9 @@ pub(crate) fn paged_attention(
         match flash.filter(|_| run >= FLASH_MIN_TOKENS) {
             Some(kernel) => {
                 if let Some((first, n)) = pending.take() {
-                    split_attention(split, call.from_token(first), n)?;
+                    split_attention(split, call.at_token(first), n)?;
                 }
-                flash_attention(kernel, call.from_token(at), run)?;
+                flash_attention(kernel, call.at_token(at), run)?;
             }
             None => {
                 let (first, n) = pending.unwrap_or((at, 0));
@@ -227,7 +227,7 @@ pub(crate) fn paged_attention(
         at += run;
     }
     if let Some((first, n)) = pending {
-        split_attention(split, call.from_token(first), n)?;
+        split_attention(split, call.at_token(first), n)?;
     }
     Ok(out)
 }
