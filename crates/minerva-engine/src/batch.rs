@@ -358,25 +358,18 @@ impl<'m> Batch<'m> {
             return Ok(picks);
         }
         let run_of = |row: usize| &self.entries[plan[row].index].run;
+        let on_gpu = matches!(self.model.device(), Device::Cuda(_));
         let ids_only = picking
             .iter()
-            .all(|&r| run_of(r).sampler.is_argmax() && run_of(r).options.logprobs.is_none());
-        if ids_only && matches!(self.model.device(), Device::Cuda(_)) {
-            // Greedy on the device: only the ids come back.
-            let best = ops::argmax(logits)?.to_device(Device::Cpu)?;
-            let best = best.as_i32()?;
-            for &row in picking {
-                let id = best[row] as u32;
-                self.entries[plan[row].index].run.sampler.accept(id);
-                picks.insert(row, (id, Vec::new()));
-            }
-            return Ok(picks);
-        }
-        let on_device = picking.iter().all(|&r| {
-            let run = run_of(r);
-            run.options.logprobs.is_none() && run.sampler.draws_on_device()
-        });
-        if on_device && matches!(self.model.device(), Device::Cuda(_)) {
+            .all(|&r| run_of(r).options.logprobs.is_none());
+        let greedy = picking.iter().all(|&r| run_of(r).sampler.is_argmax());
+        let drawn = picking.iter().all(|&r| run_of(r).sampler.draws_on_device());
+        // Picked on the device where every row allows it: only the ids come back.
+        let device_ids = if !(on_gpu && ids_only) {
+            None
+        } else if greedy {
+            Some(ops::argmax(logits)?)
+        } else if drawn {
             let draws: Vec<_> = picking
                 .iter()
                 .map(|&r| {
@@ -384,15 +377,20 @@ impl<'m> Batch<'m> {
                     run.sampler.device_draw().expect("checked above")
                 })
                 .collect();
-            // Drawn on the device: only the ids come back. Rows that pick nothing this step
-            // draw too (with the first row's settings), unused.
+            // Rows that pick nothing this step draw too (with the first row's settings),
+            // unused.
             let mut settings = vec![draws[0].0; plan.len()];
             let mut all_draws = vec![draws[0].1; plan.len()];
             for (&row, &(s, d)) in picking.iter().zip(&draws) {
                 settings[row] = s;
                 all_draws[row] = d;
             }
-            let ids = ops::sample(logits, &settings, &all_draws)?.to_device(Device::Cpu)?;
+            Some(ops::sample(logits, &settings, &all_draws)?)
+        } else {
+            None
+        };
+        if let Some(ids) = device_ids {
+            let ids = ids.to_device(Device::Cpu)?;
             let ids = ids.as_i32()?;
             for &row in picking {
                 let id = ids[row] as u32;
