@@ -86,21 +86,19 @@ impl<'m> Batch<'m> {
         tokenizer: &'m Tokenizer,
         config: BatchConfig,
     ) -> Result<Batch<'m>> {
-        // A step must fit a decoded token of every generation and a whole prompt chunk.
-        let config = BatchConfig {
-            max_batch: config.max_batch.max(1),
-            max_step_tokens: config
-                .max_step_tokens
-                .max(config.max_batch.max(1))
-                .max(config.kv.max_pass_tokens),
-            ..config
-        };
+        let max_batch = config.max_batch.max(1);
         // A fixed pool holds at least one generation of the longest context.
         let max_len = config
             .max_context
             .unwrap_or(model.info().context_length)
             .min(model.info().context_length);
         let config = BatchConfig {
+            max_batch,
+            // A step fits a decoded token of every generation and a whole prompt chunk.
+            max_step_tokens: config
+                .max_step_tokens
+                .max(max_batch)
+                .max(config.kv.max_pass_tokens),
             kv_pages: config
                 .kv_pages
                 .map(|p| p.max(max_len.div_ceil(config.kv.page_size.max(1)))),

@@ -16,7 +16,7 @@ use minerva_core::{ops, Array, DType, Device};
 use minerva_models::{CausalLm, KvCache, Logits};
 
 use crate::generate::forward;
-use crate::kv_cache::{PagedKvCache, PassInputs, PassView, SequenceCache};
+use crate::kv_cache::{PagedKvCache, PassInputs, SequenceCache};
 use crate::sampler::argmax;
 
 /// Runs decode steps for one cache; keeps the captured graph between them.
@@ -163,15 +163,9 @@ impl Captured {
         let ids = Array::zeros_on(DType::I32, &[1], model.device())?;
         let epoch = cache.epoch();
         let (graph, (logits, greedy)) = gpu.capture(|| -> minerva_models::Result<_> {
-            // The view is not advanced here: the caller advances the sequence after each
-            // launch, the first one included.
-            let mut view = cache.view(&inputs);
-            let logits = model.forward_ids(
-                &ids,
-                &inputs.positions,
-                &mut NoAdvance(&mut view),
-                Logits::Last,
-            )?;
+            // The caller advances the sequence after each launch, the first one included.
+            let mut view = cache.recording_view(&inputs);
+            let logits = model.forward_ids(&ids, &inputs.positions, &mut view, Logits::Last)?;
             let greedy = ops::argmax(&logits)?;
             Ok((logits, greedy))
         })?;
@@ -185,31 +179,4 @@ impl Captured {
             epoch,
         })
     }
-}
-
-/// A cache whose `advance` does nothing, for recording a pass that runs later.
-struct NoAdvance<'a, 'b>(&'a mut PassView<'b>);
-
-impl KvCache for NoAdvance<'_, '_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn attend(
-        &mut self,
-        layer: usize,
-        q: &Array,
-        k: &Array,
-        v: &Array,
-        positions: &Array,
-        opts: minerva_core::ops::AttentionOptions<'_>,
-    ) -> minerva_core::Result<Array> {
-        self.0.attend(layer, q, k, v, positions, opts)
-    }
-
-    fn last_rows(&self, tokens: usize) -> Vec<usize> {
-        self.0.last_rows(tokens)
-    }
-
-    fn advance(&mut self, _tokens: usize) {}
 }

@@ -226,13 +226,6 @@ impl PagedKvCache {
         self.epoch
     }
 
-    /// Pages in use out of the pools' pages, over all groups.
-    pub fn pages_used(&self) -> (usize, usize) {
-        self.groups.iter().fold((0, 0), |(used, all), g| {
-            (used + g.pages - g.free.len(), all + g.pages)
-        })
-    }
-
     /// A new, empty sequence.
     pub fn add_sequence(&mut self) -> SeqId {
         let seq = Sequence {
@@ -428,6 +421,17 @@ impl PagedKvCache {
         PassView {
             cache: self,
             inputs,
+            commits: true,
+        }
+    }
+
+    /// [`view`](PagedKvCache::view) for recording a pass that runs later (a CUDA graph):
+    /// its `advance` leaves the sequences as they are; whoever launches the pass advances
+    /// them.
+    pub fn recording_view<'a>(&'a mut self, inputs: &'a PassInputs) -> PassView<'a> {
+        PassView {
+            commits: false,
+            ..self.view(inputs)
         }
     }
 }
@@ -446,6 +450,8 @@ pub struct PassInputs {
 pub struct PassView<'a> {
     cache: &'a mut PagedKvCache,
     inputs: &'a PassInputs,
+    /// Whether `advance` commits the pass's tokens (not while recording).
+    commits: bool,
 }
 
 impl KvCache for PassView<'_> {
@@ -489,6 +495,9 @@ impl KvCache for PassView<'_> {
     }
 
     fn advance(&mut self, _tokens: usize) {
+        if !self.commits {
+            return;
+        }
         for &(id, n) in &self.inputs.seqs {
             self.cache.sequence_mut(id).len += n;
         }
