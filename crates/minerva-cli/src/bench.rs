@@ -330,7 +330,7 @@ fn kernel_profile(
 }
 
 /// Prints the kernel times logged since the last call, divided by `per`.
-fn show_profile(
+pub(super) fn show_profile(
     title: &str,
     gpu: &minerva_core::backends::cuda::CudaDevice,
     per: f64,

@@ -4,10 +4,12 @@
 //! weight bytes read, and the fraction of the copy bandwidth. Launches cycle through enough
 //! copies of each weight (and sets of experts) that every launch reads from memory, not from
 //! the 50 MB L2, as decode does: each layer's weights are read once per token.
+//! Then a decode batch of 10 tokens: the whole mixture of experts and two q8 products.
 //!
 //!     cargo run --release -p minerva-core --example cuda_kernels [device]
 
 use minerva_core::backends::cuda;
+use minerva_core::ops::{ExpertGateUp, SwigluExperts};
 use minerva_core::{ops, Array, DType, Device, Result};
 
 const REPS: usize = 50;
@@ -152,5 +154,82 @@ fn main() -> Result<()> {
     report("experts down (4 of 32) mxfp4", touched, &|i| {
         ops::gather_linear(&x_slots, &experts, None, &id_sets[i % id_sets.len()])
     })?;
+    batch_products(&mut noise, device, &report, &bytes_of)
+}
+
+/// A decode batch: the whole mixture of experts (gate/up with SwiGLU, down, mix) of
+/// gpt-oss-20b's shapes for 1 and `BATCH` tokens, each token choosing 4 of the 32 experts
+/// (the draws cycle, so launches read from memory), and the q8 products of `BATCH` tokens.
+/// Bytes count each expert chosen by any of the tokens once.
+fn batch_products(
+    noise: &mut Noise,
+    device: Device,
+    report: &dyn Fn(&str, usize, &dyn Fn(usize) -> Result<Array>) -> Result<()>,
+    bytes_of: &dyn Fn(&Array, usize) -> usize,
+) -> Result<()> {
+    const BATCH: usize = 10;
+    let (hidden, experts) = (2880, 32);
+    let gate_up = weight(noise, DType::Mxfp4, &[experts, 2 * hidden, hidden], device)?;
+    let down = weight(noise, DType::Mxfp4, &[experts, hidden, hidden], device)?;
+    let biases = [
+        Array::from_f32(&noise.floats(experts * 2 * hidden), &[experts, 2 * hidden])?
+            .to_device(device)?,
+        Array::from_f32(&noise.floats(experts * hidden), &[experts, hidden])?.to_device(device)?,
+    ];
+    let layout = ExpertGateUp::Interleaved {
+        weight: gate_up.clone(),
+        bias: biases[0].clone(),
+    };
+    let stack = SwigluExperts {
+        gate_up: &layout,
+        down: &down,
+        down_bias: &biases[1],
+        alpha: 1.702,
+        limit: 7.0,
+    };
+    let per_expert = bytes_of(&gate_up, 2 * hidden) + bytes_of(&down, hidden);
+    for tokens in [1, BATCH] {
+        let x = Array::from_f32(&noise.floats(tokens * hidden), &[tokens, hidden])?
+            .to_device(device)?;
+        let mix = Array::from_f32(&vec![0.25; tokens * 4], &[tokens, 4])?.to_device(device)?;
+        let mut draws = Vec::new();
+        let mut touched = 0;
+        for _ in 0..8 {
+            let mut ids = Vec::new();
+            for _ in 0..tokens {
+                let mut chosen: Vec<i32> = Vec::new();
+                while chosen.len() < 4 {
+                    let e = (noise.next() % experts as u64) as i32;
+                    if !chosen.contains(&e) {
+                        chosen.push(e);
+                    }
+                }
+                ids.extend(chosen);
+            }
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            touched += distinct.len() * per_expert;
+            draws.push(Array::from_i32(&ids, &[tokens, 4])?.to_device(device)?);
+        }
+        let name = format!("mixture of experts x{tokens} mxfp4");
+        report(&name, touched / draws.len(), &|i| {
+            ops::mixture_of_experts(&x, &stack, &draws[i % draws.len()], &mix)
+        })?;
+    }
+    let x = Array::from_f32(&noise.floats(BATCH * hidden), &[BATCH, hidden])?.to_device(device)?;
+    let q8 = DType::Affine { bits: 8, group: 64 };
+    for (name, n) in [
+        ("q_proj 4096x2880 q8", 4096),
+        ("lm_head 201088x2880 q8", 201088),
+    ] {
+        let copies = if n > 100_000 { 1 } else { 8 };
+        let ws = (0..copies)
+            .map(|_| weight(noise, q8, &[n, hidden], device))
+            .collect::<Result<Vec<_>>>()?;
+        report(&format!("{name} x{BATCH}"), bytes_of(&ws[0], n), &|i| {
+            ops::linear(&x, &ws[i % ws.len()], None)
+        })?;
+    }
     Ok(())
 }

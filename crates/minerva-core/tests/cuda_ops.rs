@@ -255,6 +255,7 @@ fn mixture_of_experts_fused() {
         (8, 256, 192, 1, 4),
         (6, 128, 320, 3, 4),
         (9, 64, 128, 2, 6),
+        (4, 128, 192, 20, 3),
         (8, 256, 192, 40, 4),
     ] {
         let mut ids = Vec::new();
@@ -338,6 +339,79 @@ fn mixture_of_experts_fused() {
                 };
                 assert_close(&what, &got, &want, product_tolerance(name, tokens));
             }
+        }
+    }
+}
+
+/// Batch invariance of the streaming products: a token's row of a few-token product (weights
+/// and experts) has the same bits as that token's product alone, as batched decode needs to
+/// give each sequence the tokens it would get alone.
+#[test]
+fn few_token_products_match_one_token_bit_for_bit() {
+    if !gpu_ready("few_token_products_match_one_token_bit_for_bit") {
+        return;
+    }
+    let mut rng = Rng(11);
+    let (experts, hidden, inter, tokens, k) = (8, 2880, 256, 6, 4);
+    let mut ids = Vec::new();
+    for t in 0..tokens {
+        ids.extend((0..k).map(|j| ((t * 3 + j * 5) % experts) as i32));
+    }
+    let ids = Array::from_i32(&ids, &[tokens, k]).unwrap();
+    let mix = ops::softmax(&rng.array(&[tokens, k])).unwrap();
+    let x = ops::scale(&rng.array(&[tokens, hidden]), 2.0).unwrap();
+    let row =
+        |a: &Array, t: usize| a.to_f32_vec().unwrap()[t * a.dim(1)..(t + 1) * a.dim(1)].to_vec();
+    let one = |a: &Array, t: usize| {
+        let w = a.dim(1);
+        let host = a.to_device(Device::Cpu).unwrap();
+        if a.dtype() == DType::I32 {
+            Array::from_i32(&host.as_i32().unwrap()[t * w..(t + 1) * w], &[1, w]).unwrap()
+        } else {
+            Array::from_f32(&host.to_f32_vec().unwrap()[t * w..(t + 1) * w], &[1, w]).unwrap()
+        }
+    };
+    for dtype in [
+        DType::Mxfp4,
+        DType::Affine { bits: 8, group: 64 },
+        DType::Affine { bits: 4, group: 32 },
+    ] {
+        let w = gpu(&ops::quantize(&rng.array(&[1100, hidden]), dtype).unwrap());
+        let bias = gpu(&rng.array(&[1100]));
+        let all = ops::linear(&gpu(&x), &w, Some(&bias)).unwrap();
+        let gate_up =
+            gpu(&ops::quantize(&rng.array(&[experts, 2 * inter, hidden]), dtype).unwrap());
+        let down = gpu(&ops::quantize(&rng.array(&[experts, hidden, inter]), dtype).unwrap());
+        let (gate_up_bias, down_bias) = (
+            gpu(&rng.array(&[experts, 2 * inter])),
+            gpu(&rng.array(&[experts, hidden])),
+        );
+        let stack = SwigluExperts {
+            gate_up: &ExpertGateUp::Interleaved {
+                weight: gate_up.clone(),
+                bias: gate_up_bias.clone(),
+            },
+            down: &down,
+            down_bias: &down_bias,
+            alpha: 1.702,
+            limit: 7.0,
+        };
+        let moe = ops::mixture_of_experts(&gpu(&x), &stack, &gpu(&ids), &gpu(&mix)).unwrap();
+        for t in 0..tokens {
+            let alone = ops::linear(&gpu(&one(&x, t)), &w, Some(&bias)).unwrap();
+            assert_eq!(row(&all, t), row(&alone, 0), "linear {dtype}: token {t}");
+            let alone = ops::mixture_of_experts(
+                &gpu(&one(&x, t)),
+                &stack,
+                &gpu(&one(&ids, t)),
+                &gpu(&one(&mix, t)),
+            )
+            .unwrap();
+            assert_eq!(
+                row(&moe, t),
+                row(&alone, 0),
+                "mixture_of_experts {dtype}: token {t}"
+            );
         }
     }
 }

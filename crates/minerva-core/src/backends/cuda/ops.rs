@@ -64,6 +64,9 @@ struct FormatKernels {
     dequant: &'static str,
     /// The streaming one-token products, (kernel, rows per block), most rows first.
     matvec: Option<&'static [(&'static str, usize)]>,
+    /// The streaming few-token products: the kernel that prepares activations, and the
+    /// products (kernel, rows per block), most rows first.
+    tokens: Option<(&'static str, &'static [(&'static str, usize)])>,
 }
 
 macro_rules! format_kernels {
@@ -74,11 +77,19 @@ macro_rules! format_kernels {
             embed: concat!("embed_", $f),
             dequant: concat!("dequant_f16_", $f),
             matvec: None,
+            tokens: None,
         }
     };
     ($f:literal, streaming $($rows:literal)+) => {
         FormatKernels {
             matvec: Some(&[$((concat!("matvec_", $f, "_r", $rows), $rows)),+]),
+            tokens: Some((
+                concat!("prepare_acts_", $f),
+                &[
+                    (concat!("matvec_tokens_", $f, "_r4_n8"), 4),
+                    (concat!("matvec_tokens_", $f, "_r1_n8"), 1),
+                ],
+            )),
             dequant: concat!("dequant8_f16_", $f),
             ..format_kernels!($f)
         }
@@ -199,14 +210,17 @@ struct ProductArgs {
     x_per_slot: bool,
 }
 
-/// Queues the product on the format's streaming kernel where each pass is one token (every
-/// gathered product, and a plain one of one token), else on its warp-per-row kernel (1 or a
-/// tile of tokens per pass).
+/// Queues the product on the format's streaming kernels where it has them: one token per
+/// pass (every gathered product, and a plain one of one token) or all tokens in one pass;
+/// else on its warp-per-row kernel (1 or a tile of tokens per pass).
 fn product(dev: &Arc<CudaDevice>, kernels: &FormatKernels, a: &ProductArgs) -> Result<()> {
     let gathered = a.ids != 0;
     let passes = if gathered { a.tokens * a.slots } else { 1 };
     if let (true, Some(matvec_kernels)) = (gathered || a.tokens == 1, kernels.matvec) {
         return matvec(dev, matvec_kernels, a, passes);
+    }
+    if let (false, Some(tokens_kernels)) = (gathered, kernels.tokens) {
+        return matvec_tokens(dev, tokens_kernels, a);
     }
     let (name, grid_y) = match (gathered, a.tokens) {
         (true, _) => (kernels.linear1, passes),
@@ -233,6 +247,59 @@ fn product(dev: &Arc<CudaDevice>, kernels: &FormatKernels, a: &ProductArgs) -> R
             &(a.x_per_slot as i32),
         ],
     )
+}
+
+/// Bytes between prepared chunks of activations (`ACT_STRIDE` in `linear.cu`).
+const ACT_STRIDE: usize = 144;
+
+/// `rows` rows of `k` f32 values at `x` as the streaming kernels of a format read
+/// activations: prepared once (`prepare_acts_*`), read by every row that uses them.
+fn prepare_acts(
+    dev: &Arc<CudaDevice>,
+    kernel: &'static str,
+    x: u64,
+    (rows, k): (usize, usize),
+    vals: usize,
+) -> Result<super::DeviceBuffer> {
+    let chunks = rows * (k / vals);
+    let out = dev.alloc(ACT_STRIDE * chunks)?;
+    dev.launch(
+        kernel,
+        grid_for(chunks),
+        THREADS,
+        &[&x, &(rows as i64), &(k as i32), &out.ptr()],
+    )?;
+    Ok(out)
+}
+
+/// Queues a `matvec_tokens_*` kernel: every token of a plain product in one pass over the
+/// weights (see `matvec_tokens_body`).
+fn matvec_tokens(
+    dev: &Arc<CudaDevice>,
+    (prepare, kernels): (&'static str, &[(&'static str, usize)]),
+    a: &ProductArgs,
+) -> Result<()> {
+    let k = a.w.k as usize;
+    let acts = prepare_acts(dev, prepare, a.x, (a.tokens, k), chunk_values(&a.w))?;
+    let (name, rows) = rows_per_block(dev, kernels, a.n, 1);
+    dev.launch(
+        name,
+        (a.n.div_ceil(rows) as u32, 1, 1),
+        chunk_threads(&a.w),
+        &[
+            &a.w,
+            &acts.ptr(),
+            &a.bias,
+            &a.y,
+            &(a.n as i32),
+            &(a.tokens as i32),
+        ],
+    )
+}
+
+/// Values per 16-byte chunk of a streaming format.
+fn chunk_values(w: &WeightArg) -> usize {
+    16 * w.k as usize / w.row_bytes as usize
 }
 
 /// Queues a `matvec_*` kernel over `passes` one-token products (see [`rows_per_block`] and

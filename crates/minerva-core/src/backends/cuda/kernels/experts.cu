@@ -34,28 +34,6 @@ __device__ __forceinline__ float expert_bias(const ExpertRows& m, int e, int row
     return m.bias ? m.bias[(i64)e * m.bias_rows + stored_row(m, row)] : 0.0f;
 }
 
-// Sums acc[set][r] over the block's warps; thread set * R + r gets row r of `set`.
-template <int SETS, int R>
-__device__ __forceinline__ float block_rows_sum(float (&acc)[SETS][R]) {
-    __shared__ float partial[SETS][R][8];  // blocks have at most 8 warps
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-    for (int s = 0; s < SETS; s++) {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const float v = warp_sum(acc[s][r]);
-            if (lane == 0) partial[s][r][warp] = v;
-        }
-    }
-    __syncthreads();
-    float total = 0.0f;
-    if (threadIdx.x < SETS * R) {
-        const int s = threadIdx.x / R, r = threadIdx.x % R;
-        for (int i = 0; i < warps; i++) total += partial[s][r][i];
-    }
-    return total;
-}
-
 // Block (x, slot, token): rows r0..r0+R of the gate and up projections of the token's
 // expert in `slot`, h[token, slot, row] = SwiGLU(gate . x + gate bias, up . x + up bias).
 template <class F, int R>
@@ -103,7 +81,9 @@ __device__ __forceinline__ void expert_swiglu_body(const ExpertRows& gate, const
 }
 
 // Block (x, token): rows r0..r0+R of y[token] = sum over its slots s of weights[token, s] *
-// (down[e_s] . h[token, s] + down bias[e_s]), for at most S slots.
+// (down[e_s] . h[token, s] + down bias[e_s]), for at most S slots. Each slot's product is
+// summed on its own and mixed in slot order, as expert_mix_sorted mixes the grouped
+// kernels' products: a token gets the same bits alone or in a batch.
 template <class F, int R, int S>
 __device__ __forceinline__ void expert_down_body(const ExpertRows& down,
                                                  const float* __restrict__ h,
@@ -114,15 +94,13 @@ __device__ __forceinline__ void expert_down_body(const ExpertRows& down,
     const int r0 = blockIdx.x * R;
     const int k = down.w.k;
     int e[S];
-    float wt[S];
 #pragma unroll
-    for (int s = 0; s < S; s++) {
-        e[s] = s < slots ? ids[t * slots + s] : 0;
-        wt[s] = s < slots ? weights[t * slots + s] : 0.0f;
-    }
-    float acc[1][R];
+    for (int s = 0; s < S; s++) e[s] = s < slots ? ids[t * slots + s] : 0;
+    float acc[S][R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[0][r] = 0.0f;
+    for (int s = 0; s < S; s++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[s][r] = 0.0f;
     for (int c = threadIdx.x; c < k / F::VALS; c += blockDim.x) {
         uint4 q[S][R];
 #pragma unroll
@@ -140,17 +118,22 @@ __device__ __forceinline__ void expert_down_body(const ExpertRows& down,
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     const int row = min(r0 + r, n - 1);
-                    acc[0][r] += wt[s] * F::dot(down.w, q[s][r], expert_group0(down, e[s], row), c, a);
+                    acc[s][r] += F::dot(down.w, q[s][r], expert_group0(down, e[s], row), c, a);
                 }
             }
         }
     }
-    const float total = block_rows_sum<1, R>(acc);
+    __shared__ float sums[S][R];
+    const float total = block_rows_sum<S, R>(acc);
+    if (threadIdx.x < S * R) sums[threadIdx.x / R][threadIdx.x % R] = total;
+    __syncthreads();
     const int row = r0 + threadIdx.x;
     if (threadIdx.x < R && row < n) {
-        float b = 0.0f;
-        for (int s = 0; s < slots && s < S; s++) b += wt[s] * expert_bias(down, e[s], row);
-        y[(i64)t * n + row] = total + b;
+        float mixed = 0.0f;
+        for (int s = 0; s < slots && s < S; s++)
+            mixed = fmaf(weights[t * slots + s], sums[s][threadIdx.x] + expert_bias(down, e[s], row),
+                         mixed);
+        y[(i64)t * n + row] = mixed;
     }
 }
 
@@ -223,3 +206,196 @@ extern "C" __global__ void expert_mix_sorted(const float* __restrict__ y,
         out[i] = s;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A few tokens (a batch of decoding sequences): the (token, slot) pairs grouped by expert on
+// the device, so each chosen expert's rows are read once for all of its pairs instead of
+// once per pair, with no trip to the host (a captured graph replays it). Each 16-byte chunk
+// of weights is decoded once and dotted with every pair's activations, prepared once per
+// token (`prepare_acts`); the products are the decode kernels' own, chunk for chunk.
+
+// The pairs of `ids` ([pairs] expert ids) grouped by expert. `out`: the number of experts
+// with pairs, then `max_active` expert ids (ascending), their first sorted rows and their
+// pair counts, then `order` (sorted row -> pair) and `rank` (pair -> sorted row); an
+// expert's pairs keep their order. One block; ids outside 0..experts count as expert 0
+// (the router's top-k makes them in range).
+#define MAX_GROUPED_EXPERTS 1024
+extern "C" __global__ void expert_groups(const int* __restrict__ ids, int pairs, int experts,
+                                         int max_active, int* __restrict__ out) {
+    __shared__ int first_row[MAX_GROUPED_EXPERTS];
+    int *expert = out + 1, *start = expert + max_active, *count = start + max_active;
+    int *order = count + max_active, *rank = order + pairs;
+    auto id = [&](int p) { const int e = ids[p]; return e >= 0 && e < experts ? e : 0; };
+    for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+        int n = 0;
+        for (int p = 0; p < pairs; p++) n += id(p) == e;
+        first_row[e] = n;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int active = 0, row = 0;
+        for (int e = 0; e < experts; e++) {
+            const int n = first_row[e];
+            if (n > 0) {
+                expert[active] = e;
+                start[active] = row;
+                count[active] = n;
+                active++;
+            }
+            first_row[e] = row;
+            row += n;
+        }
+        out[0] = active;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+        const int e = id(p);
+        int r = first_row[e];
+        for (int q = 0; q < p; q++) r += id(q) == e;
+        order[r] = p;
+        rank[p] = r;
+    }
+}
+
+// The groups `expert_groups` wrote, as the grouped kernels read them.
+struct ExpertGroups {
+    const int* g;
+    int max_active;
+    __device__ int active() const { return g[0]; }
+    __device__ int expert(int a) const { return g[1 + a]; }
+    __device__ int start(int a) const { return g[1 + max_active + a]; }
+    __device__ int count(int a) const { return g[1 + 2 * max_active + a]; }
+    __device__ int pair(int row) const { return g[1 + 3 * max_active + row]; }
+};
+
+// Block (x, a): rows r0..r0+R of the gate and up projections of the a-th expert with pairs,
+// for its pairs NT at a time: h[sorted row, row] = SwiGLU(gate . x + bias, up . x + bias),
+// x the pair's token's prepared activations.
+template <class F, int R, int NT>
+__device__ __forceinline__ void expert_swiglu_grouped_body(const ExpertRows& gate,
+                                                           const ExpertRows& up,
+                                                           const u8* __restrict__ acts,
+                                                           ExpertGroups groups, int slots,
+                                                           float* __restrict__ h, int inter,
+                                                           float alpha, float limit) {
+    const int a = blockIdx.y;
+    if (a >= groups.active()) return;  // the whole block leaves
+    const int e = groups.expert(a), row0 = groups.start(a), n = groups.count(a);
+    const int r0 = blockIdx.x * R;
+    const int chunks = gate.w.k / F::VALS;
+    __shared__ float sums[2 * NT][R];
+    for (int p0 = 0; p0 < n; p0 += NT) {
+        const int m = min(NT, n - p0);
+        i64 token[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++) token[j] = groups.pair(row0 + p0 + min(j, m - 1)) / slots;
+        float acc[2 * NT][R];
+#pragma unroll
+        for (int s = 0; s < 2 * NT; s++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[s][r] = 0.0f;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+            uint4 qg[R], qu[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int row = min(r0 + r, inter - 1);  // rows past the end repeat; not stored
+                qg[r] = expert_chunk(gate, e, row, c);
+                qu[r] = expert_chunk(up, e, row, c);
+            }
+            typename F::Dec dg[R], du[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int row = min(r0 + r, inter - 1);
+                dg[r] = F::decode(gate.w, qg[r], expert_group0(gate, e, row), c);
+                du[r] = F::decode(up.w, qu[r], expert_group0(up, e, row), c);
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                if (j < m) {
+                    const typename F::Act act = prepared<F>(acts, token[j], chunks, c);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        acc[j][r] += F::dot(dg[r], act);
+                        acc[NT + j][r] += F::dot(du[r], act);
+                    }
+                }
+            }
+        }
+        const float total = block_rows_sum<2 * NT, R>(acc);
+        if (threadIdx.x < 2 * NT * R) sums[threadIdx.x / R][threadIdx.x % R] = total;
+        __syncthreads();
+        if (threadIdx.x < NT * R) {
+            const int j = threadIdx.x / R, r = threadIdx.x % R, row = r0 + r;
+            if (j < m && row < inter) {
+                const float g = sums[j][r] + expert_bias(gate, e, row);
+                const float u = sums[NT + j][r] + expert_bias(up, e, row);
+                h[(i64)(row0 + p0 + j) * inter + row] = clamped_swiglu(g, u, alpha, limit);
+            }
+        }
+        __syncthreads();  // sums and block_rows_sum's partials are reused by the next pass
+    }
+}
+
+// Block (x, a): rows r0..r0+R of the a-th expert's down projection for its pairs, NT at a
+// time: y[sorted row, row] = down . h[sorted row] (prepared activations; bias and router
+// weight are added by expert_mix_sorted).
+template <class F, int R, int NT>
+__device__ __forceinline__ void expert_down_grouped_body(const ExpertRows& down,
+                                                         const u8* __restrict__ acts,
+                                                         ExpertGroups groups,
+                                                         float* __restrict__ y, int n) {
+    const int a = blockIdx.y;
+    if (a >= groups.active()) return;  // the whole block leaves
+    const int e = groups.expert(a), row0 = groups.start(a), pairs = groups.count(a);
+    const int r0 = blockIdx.x * R;
+    const int chunks = down.w.k / F::VALS;
+    for (int p0 = 0; p0 < pairs; p0 += NT) {
+        const int m = min(NT, pairs - p0);
+        float acc[NT][R];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[j][r] = 0.0f;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+            uint4 q[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) q[r] = expert_chunk(down, e, min(r0 + r, n - 1), c);
+            typename F::Dec d[R];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                d[r] = F::decode(down.w, q[r], expert_group0(down, e, min(r0 + r, n - 1)), c);
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                if (j < m) {
+                    const typename F::Act act = prepared<F>(acts, row0 + p0 + j, chunks, c);
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[j][r] += F::dot(d[r], act);
+                }
+            }
+        }
+        const float total = block_rows_sum<NT, R>(acc);
+        const int j = threadIdx.x / R, row = r0 + threadIdx.x % R;
+        if (threadIdx.x < NT * R && j < m && row < n) y[(i64)(row0 + p0 + j) * n + row] = total;
+        __syncthreads();  // block_rows_sum's partials are reused by the next pass
+    }
+}
+
+#define GROUPED_EXPERT_KERNELS(NAME, F, R, NT)                                                  \
+    extern "C" __global__ void expert_swiglu_grouped_##NAME##_r##R##_n##NT(                     \
+        ExpertRows gate, ExpertRows up, const u8* acts, const int* groups, int max_active,      \
+        int slots, float* h, int inter, float alpha, float limit) {                             \
+        expert_swiglu_grouped_body<F, R, NT>(gate, up, acts, ExpertGroups{groups, max_active},  \
+                                             slots, h, inter, alpha, limit);                    \
+    }                                                                                           \
+    extern "C" __global__ void expert_down_grouped_##NAME##_r##R##_n##NT(                       \
+        ExpertRows down, const u8* acts, const int* groups, int max_active, float* y, int n) {  \
+        expert_down_grouped_body<F, R, NT>(down, acts, ExpertGroups{groups, max_active}, y, n); \
+    }
+
+GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 1, 8)
+GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 2, 8)
+GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 4, 4)
+GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 1, 8)
+GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 2, 4)
+GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 1, 8)
+GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 2, 4)

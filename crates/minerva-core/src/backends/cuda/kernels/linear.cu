@@ -359,7 +359,7 @@ DEQUANT8_KERNEL(mxfp4, Mxfp4)
 
 // A chunk's activations in f32 and their sum (for the affine biases).
 template <int V>
-struct ChunkF32 {
+struct __align__(16) ChunkF32 {
     float x[V];
     float sum;
     __device__ void load(const float* src) {
@@ -376,12 +376,6 @@ struct ChunkF32 {
         }
     }
 };
-
-// s dot + b sum for group g: the chunk's codes dotted with x (dot) and x summed (sum).
-__device__ __forceinline__ float affine_group(const Weight& w, i64 g, float dot, float sum) {
-    return fmaf(load_param(w.scales, w.param_kind, g), dot,
-                load_param(w.biases, w.param_kind, g) * sum);
-}
 
 // Code i of a chunk of BITS-bit codes as a float: placed under the exponent of 2^23 (by a
 // byte permute, or a mask for nibbles), then 2^23 subtracted; exact.
@@ -401,13 +395,26 @@ template <int BITS>
 struct MvAffine {
     static constexpr int VALS = 128 / BITS;
     typedef ChunkF32<VALS> Act;
+    // A chunk's codes with its group's scale and bias; the codes become floats per product
+    // (holding VALS floats per row would cost more registers than converting twice).
+    struct Dec {
+        uint4 q;
+        float s, b;
+    };
     __device__ static void load_act(const float* x, Act& a) { a.load(x); }
-    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
-        const u32 words[4] = {q.x, q.y, q.z, q.w};
-        float d = 0.0f;
+    __device__ static Dec decode(const Weight& w, uint4 q, i64 g0, int c) {
+        const i64 g = g0 + (i64)c * VALS / w.group;
+        return Dec{q, load_param(w.scales, w.param_kind, g), load_param(w.biases, w.param_kind, g)};
+    }
+    __device__ static float dot(const Dec& d, const Act& a) {
+        const u32 words[4] = {d.q.x, d.q.y, d.q.z, d.q.w};
+        float v = 0.0f;
 #pragma unroll
-        for (int i = 0; i < VALS; i++) d = fmaf(code_as_float<BITS>(words, i), a.x[i], d);
-        return affine_group(w, g0 + (i64)c * VALS / w.group, d, a.sum);
+        for (int i = 0; i < VALS; i++) v = fmaf(code_as_float<BITS>(words, i), a.x[i], v);
+        return fmaf(d.s, v, d.b * a.sum);
+    }
+    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+        return dot(decode(w, q, g0, c), a);
     }
 };
 typedef MvAffine<8> MvAffine8;
@@ -429,7 +436,7 @@ __device__ __forceinline__ float f16x2_sum(u32 h) {
 }
 
 // Activations of one MXFP4 chunk as f16 pairs in the order the codes decode (below).
-struct ChunkF16x32 {
+struct __align__(16) ChunkF16x32 {
     u32 x[16];
 };
 
@@ -441,6 +448,12 @@ struct ChunkF16x32 {
 struct MvMxfp4 {
     static constexpr int VALS = 32;
     typedef ChunkF16x32 Act;
+    // A chunk's codes as exact f16 pairs in the activations' order, and its scale: decoded
+    // once, dotted with every token's activations.
+    struct Dec {
+        u32 h[16];
+        float scale;
+    };
     __device__ static void load_act(const float* x, Act& a) {
         const float4* x4 = (const float4*)x;
 #pragma unroll
@@ -452,26 +465,61 @@ struct MvMxfp4 {
             a.x[4 * j + 3] = f32x2_to_f16x2(hi.y, hi.w);
         }
     }
-    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+    __device__ static Dec decode(const Weight& w, uint4 q, i64 g0, int c) {
         const u32 words[4] = {q.x, q.y, q.z, q.w};
         const u32 two14 = 0x74007400u;  // 2^14 in both halves
-        float d = 0.0f;
+        Dec d;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const u32 wd = words[j];
             // One byte per code, sign in bit 7 and magnitude bits in 3..1: even codes, odd.
             const u32 even = ((wd & 0x07070707u) << 1) | ((wd << 4) & 0x80808080u);
             const u32 odd = ((wd >> 3) & 0x0E0E0E0Eu) | (wd & 0x80808080u);
-            u32 acc = 0;
-            acc = hfma2(hmul2(__byte_perm(even, 0, 0x1404), two14), a.x[4 * j], acc);
-            acc = hfma2(hmul2(__byte_perm(even, 0, 0x3424), two14), a.x[4 * j + 1], acc);
-            acc = hfma2(hmul2(__byte_perm(odd, 0, 0x1404), two14), a.x[4 * j + 2], acc);
-            acc = hfma2(hmul2(__byte_perm(odd, 0, 0x3424), two14), a.x[4 * j + 3], acc);
-            d += f16x2_sum(acc);
+            d.h[4 * j] = hmul2(__byte_perm(even, 0, 0x1404), two14);
+            d.h[4 * j + 1] = hmul2(__byte_perm(even, 0, 0x3424), two14);
+            d.h[4 * j + 2] = hmul2(__byte_perm(odd, 0, 0x1404), two14);
+            d.h[4 * j + 3] = hmul2(__byte_perm(odd, 0, 0x3424), two14);
         }
-        return d * e8m0_to_f32(((const u8*)w.scales)[g0 + c]);
+        d.scale = e8m0_to_f32(((const u8*)w.scales)[g0 + c]);
+        return d;
+    }
+    __device__ static float dot(const Dec& d, const Act& a) {
+        float v = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 acc = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc = hfma2(d.h[4 * j + i], a.x[4 * j + i], acc);
+            v += f16x2_sum(acc);
+        }
+        return v * d.scale;
+    }
+    __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
+        return dot(decode(w, q, g0, c), a);
     }
 };
+
+// Sums acc[set][r] over the block's warps; thread set * R + r gets row r of `set`.
+template <int SETS, int R>
+__device__ __forceinline__ float block_rows_sum(float (&acc)[SETS][R]) {
+    __shared__ float partial[SETS][R][8];  // blocks have at most 8 warps
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int s = 0; s < SETS; s++) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float v = warp_sum(acc[s][r]);
+            if (lane == 0) partial[s][r][warp] = v;
+        }
+    }
+    __syncthreads();
+    float total = 0.0f;
+    if (threadIdx.x < SETS * R) {
+        const int s = threadIdx.x / R, r = threadIdx.x % R;
+        for (int i = 0; i < warps; i++) total += partial[s][r][i];
+    }
+    return total;
+}
 
 // A block computes R rows; its threads split the rows into 16-byte chunks (thread t takes
 // chunks t, t + blockDim.x, ...: one or two each on the usual shapes), load that chunk of
@@ -482,8 +530,6 @@ __device__ __forceinline__ void matvec_body(const Weight& w, const float* __rest
                                             const float* __restrict__ bias, float* __restrict__ y,
                                             int n, const int* __restrict__ ids, int slots,
                                             int x_per_slot) {
-    __shared__ float partial[R][8];  // [row][warp]; blocks have at most 8 warps
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int r0 = blockIdx.x * R;
     const int k = w.k;
     const i64 groups_per_row = k / w.group;
@@ -500,9 +546,9 @@ __device__ __forceinline__ void matvec_body(const Weight& w, const float* __rest
         xt = x + (i64)(x_per_slot ? pair : pair / slots) * k;
         yt = y + (i64)pair * n;
     }
-    float acc[R];
+    float acc[1][R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int r = 0; r < R; r++) acc[0][r] = 0.0f;
     const int chunks = k / F::VALS;
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
         uint4 q[R];
@@ -515,19 +561,83 @@ __device__ __forceinline__ void matvec_body(const Weight& w, const float* __rest
         F::load_act(xt + c * F::VALS, a);
 #pragma unroll
         for (int r = 0; r < R; r++)
-            acc[r] += F::dot(w, q[r], g_expert + (i64)min(r0 + r, n - 1) * groups_per_row, c, a);
+            acc[0][r] += F::dot(w, q[r], g_expert + (i64)min(r0 + r, n - 1) * groups_per_row, c, a);
     }
+    const float total = block_rows_sum<1, R>(acc);
+    const int row = r0 + threadIdx.x;
+    if (threadIdx.x < R && row < n) yt[row] = total + (bias ? bias[row] : 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------
+// A few tokens at once (a batch of decoding sequences). Each token's activations are
+// prepared once (`prepare_acts`), each 16-byte chunk of weights is decoded once and dotted
+// with every token's; a row's sum is formed exactly as the one-token kernels form it (same
+// chunks per thread, same reductions), so a token gets the same bits alone or in a batch.
+
+// Bytes between prepared chunks of activations: at least sizeof(F::Act) of every format.
+#define ACT_STRIDE 144
+
+// out[r, c] = F's activations of chunk c of row r of x ([rows, k] f32), ACT_STRIDE apart.
+template <class F>
+__device__ __forceinline__ void prepare_acts_body(const float* __restrict__ x, i64 rows, int k,
+                                                  u8* __restrict__ out) {
+    static_assert(sizeof(typename F::Act) <= ACT_STRIDE, "ACT_STRIDE too small");
+    const int chunks = k / F::VALS;
+    GRID_STRIDE(i, rows * chunks) {
+        const i64 r = i / chunks;
+        const int c = (int)(i - r * chunks);
+        typename F::Act a;
+        F::load_act(x + r * k + (i64)c * F::VALS, a);
+        *(typename F::Act*)(out + i * ACT_STRIDE) = a;
+    }
+}
+
+template <class F>
+__device__ __forceinline__ const typename F::Act& prepared(const u8* acts, i64 row, int chunks,
+                                                           int c) {
+    return *(const typename F::Act*)(acts + (row * chunks + c) * ACT_STRIDE);
+}
+
+// Block x: rows r0..r0+R of y[t] = x[t] . w + bias for every token, NT at a time.
+template <class F, int R, int NT>
+__device__ __forceinline__ void matvec_tokens_body(const Weight& w, const u8* __restrict__ acts,
+                                                   const float* __restrict__ bias,
+                                                   float* __restrict__ y, int n, int tokens) {
+    const int r0 = blockIdx.x * R;
+    const int chunks = w.k / F::VALS;
+    const i64 groups_per_row = w.k / w.group;
+    for (int t0 = 0; t0 < tokens; t0 += NT) {
+        const int m = min(NT, tokens - t0);
+        float acc[NT][R];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const float s = warp_sum(acc[r]);
-        if (lane == 0) partial[r][warp] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x < R && r0 + (int)threadIdx.x < n) {
-        const int r = threadIdx.x;
-        float s = 0.0f;
-        for (int i = 0; i < warps; i++) s += partial[r][i];
-        yt[r0 + r] = s + (bias ? bias[r0 + r] : 0.0f);
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[j][r] = 0.0f;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+            uint4 q[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int row = min(r0 + r, n - 1);  // rows past n repeat the last; not stored
+                q[r] = ((const uint4*)(w.codes + (i64)row * w.row_bytes))[c];
+            }
+            typename F::Dec d[R];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                d[r] = F::decode(w, q[r], (i64)min(r0 + r, n - 1) * groups_per_row, c);
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                if (j < m) {
+                    const typename F::Act act = prepared<F>(acts, t0 + j, chunks, c);
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[j][r] += F::dot(d[r], act);
+                }
+            }
+        }
+        const float total = block_rows_sum<NT, R>(acc);
+        const int j = threadIdx.x / R, row = r0 + threadIdx.x % R;
+        if (threadIdx.x < NT * R && j < m && row < n)
+            y[(i64)(t0 + j) * n + row] = total + (bias ? bias[row] : 0.0f);
+        __syncthreads();  // block_rows_sum's partials are reused by the next pass
     }
 }
 
@@ -547,3 +657,24 @@ MATVEC_KERNEL(mxfp4, MvMxfp4, 1)
 MATVEC_KERNEL(mxfp4, MvMxfp4, 4)
 MATVEC_KERNEL(mxfp4, MvMxfp4, 8)
 MATVEC_KERNEL(mxfp4, MvMxfp4, 16)
+
+#define PREPARE_ACTS_KERNEL(NAME, F)                                                            \
+    extern "C" __global__ void prepare_acts_##NAME(const float* x, i64 rows, int k, u8* out) { \
+        prepare_acts_body<F>(x, rows, k, out);                                                  \
+    }
+
+#define MATVEC_TOKENS_KERNEL(NAME, F, R, NT)                                                   \
+    extern "C" __global__ void matvec_tokens_##NAME##_r##R##_n##NT(                            \
+        Weight w, const u8* acts, const float* bias, float* y, int n, int tokens) {            \
+        matvec_tokens_body<F, R, NT>(w, acts, bias, y, n, tokens);                             \
+    }
+
+PREPARE_ACTS_KERNEL(mxfp4, MvMxfp4)
+PREPARE_ACTS_KERNEL(affine8, MvAffine8)
+PREPARE_ACTS_KERNEL(affine4, MvAffine4)
+MATVEC_TOKENS_KERNEL(mxfp4, MvMxfp4, 4, 8)
+MATVEC_TOKENS_KERNEL(mxfp4, MvMxfp4, 1, 8)
+MATVEC_TOKENS_KERNEL(affine8, MvAffine8, 4, 8)
+MATVEC_TOKENS_KERNEL(affine8, MvAffine8, 1, 8)
+MATVEC_TOKENS_KERNEL(affine4, MvAffine4, 4, 8)
+MATVEC_TOKENS_KERNEL(affine4, MvAffine4, 1, 8)

@@ -1,7 +1,9 @@
 //! The mixture of experts on CUDA. Decode: the fused kernels of `kernels/experts.cu`, one
 //! launch for the gate and up products with their SwiGLU, one for the down products with
-//! the router's mixing. Prompts: the (token, expert) pairs sorted by expert, each expert's
-//! rows one tensor-core product (see `gemm.rs`).
+//! the router's mixing. A few tokens (a decode batch): the pairs grouped by expert on the
+//! device, each chosen expert's rows read once for all of its pairs. Prompts: the (token,
+//! expert) pairs sorted by expert, each expert's rows one tensor-core product (see
+//! `gemm.rs`).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -9,7 +11,10 @@ use std::sync::Arc;
 
 use super::super::blas::HalfGemm;
 use super::gemm::{half_rows, half_weight, worth_it, HalfOut};
-use super::{chunk_threads, device_of, grid_for, rows_per_block, weight_arg, WeightArg, THREADS};
+use super::{
+    chunk_threads, chunk_values, device_of, grid_for, prepare_acts, rows_per_block, weight_arg,
+    WeightArg, THREADS,
+};
 use crate::backends::cuda::CudaDevice;
 use crate::ops::{ExpertGateUp, SwigluExperts};
 use crate::{Array, DType, Device, Error, Result};
@@ -58,6 +63,10 @@ struct ExpertKernels {
     /// For up to 4 and up to 8 experts per token.
     down4: [(&'static str, usize); 3],
     down8: [(&'static str, usize); 2],
+    /// A few tokens: the activations' preparation, then (gate/up kernel, down kernel, rows
+    /// per block), most rows first.
+    prepare: &'static str,
+    grouped: [(&'static str, &'static str, usize); 2],
 }
 
 macro_rules! expert_kernels {
@@ -77,9 +86,24 @@ macro_rules! expert_kernels {
                 (concat!("expert_down_", $f, "_r2_s8"), 2),
                 (concat!("expert_down_", $f, "_r1_s8"), 1),
             ],
+            prepare: concat!("prepare_acts_", $f),
+            grouped: [
+                expert_kernels!(@grouped $f, 2),
+                expert_kernels!(@grouped $f, 1),
+            ],
         }
     };
+    (@grouped $f:literal, $rows:literal) => {
+        (
+            concat!("expert_swiglu_grouped_", $f, "_r", $rows, "_n8"),
+            concat!("expert_down_grouped_", $f, "_r", $rows, "_n8"),
+            $rows,
+        )
+    };
 }
+
+/// Experts the grouping kernel handles (`MAX_GROUPED_EXPERTS` in `experts.cu`).
+const MAX_GROUPED_EXPERTS: usize = 1024;
 
 /// See [`crate::ops::mixture_of_experts`]; `None` where no fused kernel fits (a format
 /// without 16-byte chunks, mixed formats, more than 8 experts per token), for the caller
@@ -130,28 +154,34 @@ pub(crate) fn mixture_of_experts(
         )));
     }
     let dev = device_of(x)?;
+    let rows = ExpertProducts {
+        gate,
+        up,
+        down,
+        inter,
+        hidden,
+    };
     if worth_it(&dev, tokens, inter, hidden) && inter.is_multiple_of(8) {
         let dequant = weight_arg(experts.down)?.1.dequant;
         let sorted = SortedPairs::new(ids, experts.down.dim(0))?;
-        let rows = ExpertProducts {
-            gate,
-            up,
-            down,
-            dequant,
-            inter,
-            hidden,
-        };
-        return grouped(&dev, x, &rows, &sorted, experts, weights).map(Some);
+        return grouped(&dev, x, (&rows, dequant), &sorted, experts, weights).map(Some);
+    }
+    if tokens > 1 && experts.down.dim(0) <= MAX_GROUPED_EXPERTS {
+        return few_tokens(&dev, x, &rows, &kernels, (ids, weights), experts).map(Some);
     }
     let h = Array::empty_cuda(&dev, DType::F32, &[tokens, slots, inter])?;
-    let (name, rows) = rows_per_block(&dev, &kernels.swiglu, inter, tokens * slots);
+    let (name, per_block) = rows_per_block(&dev, &kernels.swiglu, inter, tokens * slots);
     dev.launch(
         name,
-        (inter.div_ceil(rows) as u32, slots as u32, tokens as u32),
-        chunk_threads(&gate.w),
+        (
+            inter.div_ceil(per_block) as u32,
+            slots as u32,
+            tokens as u32,
+        ),
+        chunk_threads(&rows.gate.w),
         &[
-            &gate,
-            &up,
+            &rows.gate,
+            &rows.up,
             &x.device_ptr()?,
             &ids.device_ptr()?,
             &h.device_ptr()?,
@@ -166,13 +196,13 @@ pub(crate) fn mixture_of_experts(
     } else {
         &kernels.down8
     };
-    let (name, rows) = rows_per_block(&dev, down_kernels, hidden, tokens);
+    let (name, per_block) = rows_per_block(&dev, down_kernels, hidden, tokens);
     dev.launch(
         name,
-        (hidden.div_ceil(rows) as u32, tokens as u32, 1),
-        chunk_threads(&down.w),
+        (hidden.div_ceil(per_block) as u32, tokens as u32, 1),
+        chunk_threads(&rows.down.w),
         &[
-            &down,
+            &rows.down,
             &h.device_ptr()?,
             &ids.device_ptr()?,
             &weights.device_ptr()?,
@@ -182,6 +212,108 @@ pub(crate) fn mixture_of_experts(
         ],
     )?;
     Ok(Some(out))
+}
+
+/// The experts of a few tokens, each chosen expert's rows read once: the pairs grouped by
+/// expert on the device (`expert_groups`, nothing comes back to the host), the gate and up
+/// products with their SwiGLU per group, the down products per group, then each token's
+/// mix (`expert_mix_sorted`, as for prompts).
+fn few_tokens(
+    dev: &Arc<CudaDevice>,
+    x: &Array,
+    p: &ExpertProducts,
+    kernels: &ExpertKernels,
+    (ids, weights): (&Array, &Array),
+    experts: &SwigluExperts<'_>,
+) -> Result<Array> {
+    let (tokens, slots) = (ids.dim(0), ids.dim(1));
+    let (pairs, inter, hidden) = (tokens * slots, p.inter, p.hidden);
+    let count = experts.down.dim(0);
+    // Blocks for every expert that could have pairs; those past the active ones leave.
+    let max_active = count.min(pairs);
+    let groups = dev.alloc(4 * (1 + 3 * max_active + 2 * pairs))?;
+    dev.launch(
+        "expert_groups",
+        (1, 1, 1),
+        THREADS,
+        &[
+            &ids.device_ptr()?,
+            &(pairs as i32),
+            &(count as i32),
+            &(max_active as i32),
+            &groups.ptr(),
+        ],
+    )?;
+    let rank = groups.ptr() + 4 * (1 + 3 * max_active + pairs) as u64;
+    let vals = chunk_values(&p.down.w);
+    let acts = prepare_acts(
+        dev,
+        kernels.prepare,
+        x.device_ptr()?,
+        (tokens, hidden),
+        vals,
+    )?;
+    let variants: Vec<_> = kernels.grouped.iter().map(|g| (g.0, g.2)).collect();
+    let (swiglu, rows) = rows_per_block(dev, &variants, inter, max_active);
+    let down = kernels
+        .grouped
+        .iter()
+        .find(|g| g.0 == swiglu)
+        .expect("listed")
+        .1;
+    let h = dev.alloc(4 * pairs * inter)?;
+    dev.launch(
+        swiglu,
+        (inter.div_ceil(rows) as u32, max_active as u32, 1),
+        chunk_threads(&p.gate.w),
+        &[
+            &p.gate,
+            &p.up,
+            &acts.ptr(),
+            &groups.ptr(),
+            &(max_active as i32),
+            &(slots as i32),
+            &h.ptr(),
+            &(inter as i32),
+            &experts.alpha,
+            &experts.limit,
+        ],
+    )?;
+    drop(acts);
+    let h_acts = prepare_acts(dev, kernels.prepare, h.ptr(), (pairs, inter), vals)?;
+    drop(h);
+    let y = dev.alloc(4 * pairs * hidden)?;
+    dev.launch(
+        down,
+        (hidden.div_ceil(rows) as u32, max_active as u32, 1),
+        chunk_threads(&p.down.w),
+        &[
+            &p.down,
+            &h_acts.ptr(),
+            &groups.ptr(),
+            &(max_active as i32),
+            &y.ptr(),
+            &(hidden as i32),
+        ],
+    )?;
+    let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
+    dev.launch(
+        "expert_mix_sorted",
+        grid_for(tokens * hidden),
+        THREADS,
+        &[
+            &y.ptr(),
+            &rank,
+            &ids.device_ptr()?,
+            &weights.device_ptr()?,
+            &p.down,
+            &(tokens as i64),
+            &(slots as i32),
+            &(hidden as i32),
+            &out.device_ptr()?,
+        ],
+    )?;
+    Ok(out)
 }
 
 /// A prompt's (token, slot) pairs sorted by expert (a counting sort on the host), so each
@@ -280,7 +412,6 @@ struct ExpertProducts {
     gate: ExpertRowsArg,
     up: ExpertRowsArg,
     down: ExpertRowsArg,
-    dequant: &'static str,
     inter: usize,
     hidden: usize,
 }
@@ -325,7 +456,7 @@ fn expert_products(
 fn grouped(
     dev: &Arc<CudaDevice>,
     x: &Array,
-    p: &ExpertProducts,
+    (p, dequant): (&ExpertProducts, &'static str),
     sorted: &SortedPairs,
     experts: &SwigluExperts<'_>,
     weights: &Array,
@@ -354,7 +485,7 @@ fn grouped(
                     ..*to
                 };
                 let layout = (inter, m.step as usize, m.offset as usize);
-                half_weight(dev, (&m.w, p.dequant), first, layout, &to)?;
+                half_weight(dev, (&m.w, dequant), first, layout, &to)?;
             }
             Ok(())
         },
@@ -385,7 +516,7 @@ fn grouped(
         sorted,
         (hidden, inter),
         (h.ptr(), y.ptr()),
-        |first, to| half_weight(dev, (&p.down.w, p.dequant), first, (hidden, 1, 0), to),
+        |first, to| half_weight(dev, (&p.down.w, dequant), first, (hidden, 1, 0), to),
     )?;
     let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
     dev.launch(
