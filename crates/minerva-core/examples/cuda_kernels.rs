@@ -17,6 +17,9 @@ const REPS: usize = 50;
 /// Bytes of weights cycled through per product: well past the L2 cache.
 const COLD_BYTES: usize = 256 << 20;
 
+/// Times launches `run(i)` reading `bytes` of weights each, and prints a line `name`.
+type Report<'a> = dyn Fn(&str, usize, &dyn Fn(usize) -> Result<Array>) -> Result<()> + 'a;
+
 /// Deterministic noise (xorshift) for codes and activations.
 struct Noise(u64);
 
@@ -164,7 +167,7 @@ fn main() -> Result<()> {
 fn batch_products(
     noise: &mut Noise,
     device: Device,
-    report: &dyn Fn(&str, usize, &dyn Fn(usize) -> Result<Array>) -> Result<()>,
+    report: &Report,
     bytes_of: &dyn Fn(&Array, usize) -> usize,
 ) -> Result<()> {
     const BATCH: usize = 10;
