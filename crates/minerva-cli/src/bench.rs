@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// (mixed prompt lengths, --gen-tokens each; total and per-stream tok/s)
     #[arg(long, value_delimiter = ',')]
     pub streams: Vec<usize>,
+    /// Time to first token of a request whose first N tokens an earlier request shared,
+    /// with and without the prefix cache (e.g. 1024)
+    #[arg(long)]
+    pub shared_prefix: Option<usize>,
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
@@ -159,6 +163,9 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     let base = engine.tokenizer().encode(TEXT, false)?;
     if !args.streams.is_empty() {
         return streams::streams(&engine, &base, &args.streams, args.gen_tokens, args.json);
+    }
+    if let Some(prefix) = args.shared_prefix {
+        return streams::shared_prefix(&engine, &base, prefix, runs, args.json);
     }
     let prompt: Vec<u32> = base
         .iter()

@@ -36,6 +36,9 @@ pub struct BatchConfig {
     /// Pages of the full-attention pool; grows on demand when `None`.
     pub kv_pages: Option<usize>,
     pub kv: KvConfig,
+    /// Whether computed pages are kept for later generations that begin with the same
+    /// tokens (see [`PagedKvCache::enable_prefix_cache`]).
+    pub prefix_cache: bool,
 }
 
 impl Default for BatchConfig {
@@ -46,6 +49,7 @@ impl Default for BatchConfig {
             max_context: None,
             kv_pages: None,
             kv: KvConfig::default(),
+            prefix_cache: true,
         }
     }
 }
@@ -104,13 +108,16 @@ impl<'m> Batch<'m> {
                 .map(|p| p.max(max_len.div_ceil(config.kv.page_size.max(1)))),
             ..config
         };
-        let cache = PagedKvCache::new(
+        let mut cache = PagedKvCache::new(
             model.info(),
             config.max_context,
             config.kv,
             config.kv_pages,
             config.max_batch,
         )?;
+        if config.prefix_cache {
+            cache.enable_prefix_cache();
+        }
         Ok(Batch {
             model,
             tokenizer,
@@ -235,6 +242,10 @@ impl<'m> Batch<'m> {
             })
             .map(|(row, _)| row)
             .collect();
+        for p in &plan {
+            let e = &self.entries[p.index];
+            self.cache.publish(e.seq, &e.history);
+        }
         let picks = self.pick(&plan, &picking, &logits)?;
         let mut leaving = Vec::new();
         for (row, p) in plan.iter().enumerate() {
@@ -287,6 +298,16 @@ impl<'m> Batch<'m> {
             let e = &b.entries[i];
             e.history.len() - b.cache.len(e.seq)
         };
+        // Generations about to start (or restart after preemption) take what the prefix
+        // cache holds of their tokens.
+        for e in self.entries.iter_mut() {
+            if self.cache.len(e.seq) == 0 {
+                let cached = self.cache.attach_prefix(e.seq, &e.history);
+                if e.history.len() == e.run.prompt.len() {
+                    e.run.reuse(cached);
+                }
+            }
+        }
         let decoding = (0..self.entries.len()).filter(|&i| pending(self, i) == 1);
         let prompts = (0..self.entries.len()).filter(|&i| pending(self, i) > 1);
         let order: Vec<usize> = decoding.chain(prompts).collect();

@@ -347,6 +347,12 @@ impl<'m> Run<'m> {
         }
     }
 
+    /// The first `tokens` of the prompt were found cached (counted in the statistics).
+    pub(crate) fn reuse(&mut self, tokens: usize) {
+        self.reused = tokens;
+        self.prefill_at = tokens;
+    }
+
     /// Marks the prompt as done: the first token is being picked.
     pub(crate) fn prompt_done(&mut self) {
         self.prefill_time = self.started.elapsed();

@@ -4,10 +4,17 @@
 //!
 //! Layers are grouped by what they see: full-attention layers keep every position, so a
 //! sequence's table grows with it; a sliding-window layer only needs its window, so its
-//! table is a ring of pages reused as the sequence moves on (gpt-oss's 12 sliding layers
-//! then cost a few pages per sequence, whatever its length). A ring is as wide as the
-//! window plus the most tokens one pass brings ([`KvConfig::max_pass_tokens`]), so a
-//! prompt chunk never overwrites keys one of its own queries still sees.
+//! pages are let go once no query can see them (gpt-oss's 12 sliding layers then hold a
+//! few pages per sequence, whatever its length: the window plus the most tokens one pass
+//! brings, [`KvConfig::max_pass_tokens`]). Table slot `i` always holds positions
+//! `i * page_size..`, in every group.
+//!
+//! Pages are counted by their holders, so sequences can share them: with the prefix cache
+//! on ([`PagedKvCache::enable_prefix_cache`]), every full page a sequence computes is kept
+//! under its tokens ([`crate::prefix_cache`]), and a later sequence beginning with the same
+//! tokens takes those pages instead of computing them ([`PagedKvCache::attach_prefix`]).
+//! Shared pages are full, so nobody writes them again. When a fixed pool runs short, the
+//! least recently used cached pages go first.
 //!
 //! A forward pass names its sequences and how many tokens each brings ([`PassInputs`]);
 //! [`PagedKvCache::view`] is the [`KvCache`] a model runs that pass against.
@@ -15,6 +22,8 @@
 use minerva_core::ops::{self, AttentionOptions};
 use minerva_core::{Array, Device, Error, KvDType, KvPages, PageTable, Result};
 use minerva_models::{KvCache, ModelInfo};
+
+use crate::prefix_cache::{PrefixCache, NO_PAGE};
 
 /// Positions per page: small enough that little is wasted at a sequence's end, large
 /// enough that a page is a long contiguous read.
@@ -59,17 +68,52 @@ pub struct SeqId(usize);
 /// Layers that share page tables: the full-attention ones, or those with one window.
 struct Group {
     window: Option<usize>,
-    /// Pages in a sequence's table (a ring for a window).
+    /// Slots in a sequence's table: every page of a sequence of the longest length.
     width: usize,
     /// Pages in the pool of each of the group's layers, and those not in use.
     pages: usize,
     free: Vec<i32>,
+    /// Holders of each page (sequences and cached prefixes); a page is free at 0.
+    holders: Vec<u32>,
+}
+
+impl Group {
+    /// A free page, now held once.
+    fn take(&mut self) -> i32 {
+        let page = self.free.pop().expect("checked by the caller");
+        self.holders[page as usize] = 1;
+        page
+    }
+
+    fn hold(&mut self, page: i32) {
+        self.holders[page as usize] += 1;
+    }
+
+    /// One holder lets `page` go (nothing for [`NO_PAGE`]); the last one frees it.
+    fn release(&mut self, page: i32) {
+        if page == NO_PAGE {
+            return;
+        }
+        let n = &mut self.holders[page as usize];
+        *n -= 1;
+        if *n == 0 {
+            self.free.push(page);
+        }
+    }
+
+    /// The first position the queries of a pass starting at `start` see.
+    fn first_seen(&self, start: usize) -> usize {
+        self.window.map_or(0, |w| (start + 1).saturating_sub(w))
+    }
 }
 
 struct Sequence {
     len: usize,
-    /// Per group, the sequence's pages in table order.
+    /// Per group, the page of each table slot ([`NO_PAGE`] where a window let it go).
     pages: Vec<Vec<i32>>,
+    /// Full pages offered to the prefix cache, and the entry of the last one.
+    published: usize,
+    tail: Option<usize>,
 }
 
 /// Keys and values of every layer, in pages; see the module documentation.
@@ -85,10 +129,13 @@ pub struct PagedKvCache {
     growable: bool,
     /// Changes whenever the pools move (a captured graph must then be recorded again).
     epoch: u64,
+    prefix: Option<PrefixCache>,
 }
 
 /// Each layer's window (`None` when it sees every position of a sequence of `max_len`)
-/// and how many pages its table holds per sequence.
+/// and the most pages a sequence holds in it at once: all of them, or for a window, those
+/// its queries see during a pass (the window and the pass, one page more where they do
+/// not start at a page's start).
 fn layer_tables(info: &ModelInfo, max_len: usize, config: KvConfig) -> Vec<(Option<usize>, usize)> {
     let ps = config.page_size;
     let full = max_len.div_ceil(ps);
@@ -100,10 +147,10 @@ fn layer_tables(info: &ModelInfo, max_len: usize, config: KvConfig) -> Vec<(Opti
                 .copied()
                 .flatten()
                 .filter(|&w| w < max_len);
-            let width = window.map_or(full, |w| {
-                (w + config.max_pass_tokens - 1).div_ceil(ps).min(full)
+            let live = window.map_or(full, |w| {
+                ((w + config.max_pass_tokens - 1).div_ceil(ps) + 1).min(full)
             });
-            (window, width)
+            (window, live)
         })
         .collect()
 }
@@ -114,7 +161,8 @@ const INITIAL_PAGES: usize = 16;
 impl PagedKvCache {
     /// A cache for `info`'s layers on the model's device, sequences of at most `max_len`
     /// tokens (the model's context length when `None`). `pages` fixes the full-attention
-    /// pool's size (rings get what `max_sequences` need); `None` grows the pools on demand.
+    /// pool's size (sliding-window pools get what `max_sequences` need); `None` grows the
+    /// pools on demand.
     pub fn new(
         info: &ModelInfo,
         max_len: Option<usize>,
@@ -133,20 +181,22 @@ impl PagedKvCache {
         let ps = config.page_size;
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of = Vec::with_capacity(info.layers);
-        for (window, width) in layer_tables(info, max_len, config) {
+        let width = max_len.div_ceil(ps);
+        for (window, live) in layer_tables(info, max_len, config) {
             let g = match groups.iter().position(|g| g.window == window) {
                 Some(g) => g,
                 None => {
                     let pages = match (pages, window) {
-                        (None, _) => INITIAL_PAGES.min(width),
+                        (None, _) => INITIAL_PAGES.min(live),
                         (Some(n), None) => n,
-                        (Some(_), Some(_)) => width * max_sequences.max(1),
+                        (Some(_), Some(_)) => live * max_sequences.max(1),
                     };
                     groups.push(Group {
                         window,
                         width,
                         pages,
                         free: (0..pages as i32).rev().collect(),
+                        holders: vec![0; pages],
                     });
                     groups.len() - 1
                 }
@@ -178,7 +228,20 @@ impl PagedKvCache {
             sequences: Vec::new(),
             growable: pages.is_none(),
             epoch: 0,
+            prefix: None,
         })
+    }
+
+    /// Keeps every full page sequences compute for later sequences that begin with the same
+    /// tokens; see the module documentation. A batch turns this on; one conversation reuses
+    /// its own prefix with [`truncate`](Self::truncate) instead.
+    pub fn enable_prefix_cache(&mut self) {
+        self.prefix.get_or_insert_with(PrefixCache::default);
+    }
+
+    /// Pages of tokens the prefix cache holds.
+    pub fn cached_pages(&self) -> usize {
+        self.prefix.as_ref().map_or(0, PrefixCache::len)
     }
 
     pub fn config(&self) -> KvConfig {
@@ -199,26 +262,51 @@ impl PagedKvCache {
     }
 
     /// Bytes one sequence of `len` tokens holds in a cache of `config` for `info`'s layers:
-    /// its pages in every layer (a window's ring at most), parameters included.
+    /// its pages in every layer (those of a window's pass at most), parameters included.
     pub fn sequence_bytes(info: &ModelInfo, config: KvConfig, len: usize) -> usize {
         let row = config.dtype.row_bytes(info.head_dim) * info.kv_heads;
         let ps = config.page_size.max(1);
         layer_tables(info, len.max(1), config)
             .into_iter()
-            .map(|(_, width)| 2 * row * ps * len.div_ceil(ps).min(width))
+            .map(|(_, live)| 2 * row * ps * len.div_ceil(ps).min(live))
             .sum()
     }
 
     /// Bytes of the pages sequences hold now.
     pub fn bytes_in_use(&self) -> usize {
+        self.bytes_of(|g, group| self.pages_of_sequences(g, group))
+    }
+
+    /// Bytes of the pages only the prefix cache holds (given back when pages run short).
+    pub fn bytes_cached(&self) -> usize {
+        self.bytes_of(|g, group| group.pages - group.free.len() - self.pages_of_sequences(g, group))
+    }
+
+    /// Bytes of `pages(group index, group)` pages in every layer of each group.
+    fn bytes_of(&self, pages: impl Fn(usize, &Group) -> usize) -> usize {
+        let per_group: Vec<usize> = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| pages(g, group))
+            .collect();
         self.layers
             .iter()
             .map(|(k, v, g)| {
-                let group = &self.groups[*g];
-                let used = group.pages - group.free.len();
-                (k.nbytes() + v.nbytes()) / group.pages.max(1) * used
+                (k.nbytes() + v.nbytes()) / self.groups[*g].pages.max(1) * per_group[*g]
             })
             .sum()
+    }
+
+    /// Distinct pages of group `g` that live sequences hold.
+    fn pages_of_sequences(&self, g: usize, group: &Group) -> usize {
+        let mut held = vec![false; group.pages];
+        for seq in self.sequences.iter().flatten() {
+            for &p in seq.pages[g].iter().filter(|&&p| p != NO_PAGE) {
+                held[p as usize] = true;
+            }
+        }
+        held.into_iter().filter(|&h| h).count()
     }
 
     /// Changes whenever the pools move.
@@ -231,6 +319,8 @@ impl PagedKvCache {
         let seq = Sequence {
             len: 0,
             pages: vec![Vec::new(); self.groups.len()],
+            published: 0,
+            tail: None,
         };
         match self.sequences.iter().position(Option::is_none) {
             Some(i) => {
@@ -244,12 +334,19 @@ impl PagedKvCache {
         }
     }
 
-    /// Frees `id`'s pages and forgets it.
+    /// Lets go of `id`'s pages and forgets it.
     pub fn remove_sequence(&mut self, id: SeqId) {
         if let Some(seq) = self.sequences.get_mut(id.0).and_then(Option::take) {
             for (group, pages) in self.groups.iter_mut().zip(seq.pages) {
-                group.free.extend(pages);
+                pages.into_iter().for_each(|p| group.release(p));
             }
+            self.unpin_tail(seq.tail);
+        }
+    }
+
+    fn unpin_tail(&mut self, tail: Option<usize>) {
+        if let (Some(prefix), Some(tail)) = (self.prefix.as_mut(), tail) {
+            prefix.unpin(tail);
         }
     }
 
@@ -267,28 +364,43 @@ impl PagedKvCache {
     }
 
     /// Keeps at most the first `len` tokens of `id` (to reuse a shared prompt prefix) and
-    /// returns how many it kept: fewer when a sliding-window ring has already overwritten
-    /// keys the kept tokens' successors would see (then none are kept).
+    /// returns how many it kept: fewer when the kept tokens would end inside a page another
+    /// holder shares (they stop at its start, so it is never written), none when a sliding
+    /// window has let go of keys the kept tokens' successors would see.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> usize {
         let ps = self.config.page_size;
-        let old = self.len(id);
-        let mut keep = len.min(old);
-        for g in &self.groups {
-            if let Some(w) = g.window {
-                if old - keep + w > g.width * ps {
-                    keep = 0;
-                }
-            }
+        let mut keep = len.min(self.len(id));
+        let seq = self.sequence(id);
+        let shared = |keep: usize| {
+            keep % ps != 0
+                && self.groups.iter().zip(&seq.pages).any(|(g, pages)| {
+                    pages
+                        .get(keep / ps)
+                        .is_some_and(|&p| p != NO_PAGE && g.holders[p as usize] > 1)
+                })
+        };
+        if shared(keep) {
+            keep -= keep % ps;
         }
-        let groups = &mut self.groups;
-        let seq = self.sequences[id.0].as_mut().expect("a live sequence");
-        seq.len = keep;
-        for (group, pages) in groups.iter_mut().zip(&mut seq.pages) {
-            if group.window.is_none() || keep == 0 {
-                let needed = keep.div_ceil(ps);
-                group.free.extend(pages.drain(needed.min(pages.len())..));
-            }
+        let seen = |g: &Group, pages: &[i32]| {
+            let slots = g.first_seen(keep) / ps..keep.div_ceil(ps);
+            pages[slots].iter().all(|&p| p != NO_PAGE)
+        };
+        if !self.groups.iter().zip(&seq.pages).all(|(g, p)| seen(g, p)) {
+            keep = 0;
         }
+        let tail = {
+            let seq = self.sequences[id.0].as_mut().expect("a live sequence");
+            seq.len = keep;
+            for (group, pages) in self.groups.iter_mut().zip(&mut seq.pages) {
+                let needed = keep.div_ceil(ps).min(pages.len());
+                pages.drain(needed..).for_each(|p| group.release(p));
+            }
+            // Published pages past the end are stale; publishing starts over from the first.
+            seq.published = 0;
+            seq.tail.take()
+        };
+        self.unpin_tail(tail);
         keep
     }
 
@@ -310,13 +422,15 @@ impl PagedKvCache {
             )));
         }
         let ps = self.config.page_size;
+        self.let_go_unseen(id);
         for g in 0..self.groups.len() {
-            let needed = end.div_ceil(ps).min(self.groups[g].width);
+            let needed = end.div_ceil(ps);
             let have = self.sequence(id).pages[g].len();
             if needed <= have {
                 continue;
             }
             let missing = needed - have;
+            self.evict_cached(g, missing);
             if self.groups[g].free.len() < missing {
                 if !self.growable {
                     return Err(Error::Device(format!(
@@ -327,14 +441,133 @@ impl PagedKvCache {
                 self.grow(g, missing)?;
             }
             let group = &mut self.groups[g];
-            let taken = group.free.split_off(group.free.len() - missing);
-            self.sequences[id.0]
-                .as_mut()
-                .expect("a live sequence")
-                .pages[g]
-                .extend(taken.into_iter().rev());
+            let seq = self.sequences[id.0].as_mut().expect("a live sequence");
+            seq.pages[g].extend((0..missing).map(|_| group.take()));
         }
         Ok(())
+    }
+
+    /// Lets go of `id`'s sliding-window pages that no query from its next position on sees.
+    fn let_go_unseen(&mut self, id: SeqId) {
+        let ps = self.config.page_size;
+        let seq = self.sequences[id.0].as_mut().expect("a live sequence");
+        for (group, pages) in self.groups.iter_mut().zip(&mut seq.pages) {
+            let unseen = (group.first_seen(seq.len) / ps).min(pages.len());
+            for slot in &mut pages[..unseen] {
+                group.release(std::mem::replace(slot, NO_PAGE));
+            }
+        }
+    }
+
+    /// Drops cached pages, least recently used first, until group `g` has `missing` free
+    /// pages or nothing cached is left to drop: a window's pages from any entry (the entry
+    /// stays, for longer prompts that pass it), else whole entries nothing builds on.
+    fn evict_cached(&mut self, g: usize, missing: usize) {
+        let Some(prefix) = self.prefix.as_mut() else {
+            return;
+        };
+        while self.groups[g].free.len() < missing {
+            if self.groups[g].window.is_some() {
+                let Some(id) = prefix.oldest_holding(g) else {
+                    return;
+                };
+                let page = std::mem::replace(&mut prefix.entry_mut(id).pages[g], NO_PAGE);
+                self.groups[g].release(page);
+            } else {
+                let Some(id) = prefix.oldest_leaf() else {
+                    return;
+                };
+                for (group, page) in self.groups.iter_mut().zip(prefix.remove(id)) {
+                    group.release(page);
+                }
+            }
+        }
+    }
+
+    /// Gives empty sequence `id` the longest cached prefix of `tokens` that leaves at least
+    /// one token to compute (its logits are what the pass is for) and returns its length.
+    /// Without the prefix cache, 0.
+    pub fn attach_prefix(&mut self, id: SeqId, tokens: &[u32]) -> usize {
+        let ps = self.config.page_size;
+        if self.sequence(id).len != 0 || tokens.is_empty() {
+            return 0;
+        }
+        let Some(prefix) = self.prefix.as_mut() else {
+            return 0;
+        };
+        let usable = (tokens.len() - 1) / ps * ps;
+        let mut chain = prefix.matching(&tokens[..usable], ps);
+        // The longest match whose every group still has the pages its next query sees.
+        let complete = |n: usize| {
+            self.groups.iter().enumerate().all(|(g, group)| {
+                let seen = group.first_seen(n * ps) / ps;
+                chain[seen..n]
+                    .iter()
+                    .all(|&e| prefix.entry(e).pages[g] != NO_PAGE)
+            })
+        };
+        let n = (0..=chain.len()).rev().find(|&n| complete(n)).unwrap_or(0);
+        chain.truncate(n);
+        let seq = self.sequences[id.0].as_mut().expect("a live sequence");
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let seen = group.first_seen(n * ps) / ps;
+            seq.pages[g] = chain
+                .iter()
+                .enumerate()
+                .map(|(slot, &e)| {
+                    let page = prefix.entry(e).pages[g];
+                    if slot < seen {
+                        return NO_PAGE;
+                    }
+                    group.hold(page);
+                    page
+                })
+                .collect();
+        }
+        seq.len = n * ps;
+        seq.published = n;
+        seq.tail = chain.last().copied();
+        if let Some(&tail) = chain.last() {
+            prefix.pin(tail);
+        }
+        n * ps
+    }
+
+    /// Offers `id`'s full pages not yet offered to the prefix cache; `tokens` are the
+    /// sequence's (at least as many as it has cached). Nothing without the prefix cache.
+    pub fn publish(&mut self, id: SeqId, tokens: &[u32]) {
+        let ps = self.config.page_size;
+        let Some(prefix) = self.prefix.as_mut() else {
+            return;
+        };
+        let seq = self.sequences[id.0].as_mut().expect("a live sequence");
+        let full = seq.len.min(tokens.len()) / ps;
+        let old_tail = seq.tail;
+        for slot in seq.published..full {
+            let page = &tokens[slot * ps..(slot + 1) * ps];
+            let entry = match prefix.child(seq.tail, page) {
+                Some(entry) => entry,
+                None => {
+                    let pages: Vec<i32> = seq.pages.iter().map(|p| p[slot]).collect();
+                    for (group, &p) in self.groups.iter_mut().zip(&pages) {
+                        if p != NO_PAGE {
+                            group.hold(p);
+                        }
+                    }
+                    prefix.insert(seq.tail, page, pages)
+                }
+            };
+            seq.tail = Some(entry);
+        }
+        seq.published = seq.published.max(full);
+        if seq.tail != old_tail {
+            if let Some(tail) = seq.tail {
+                prefix.pin(tail);
+            }
+            if let Some(old) = old_tail {
+                prefix.unpin(old);
+            }
+        }
     }
 
     /// Grows group `g`'s pools (every layer's) by at least `more` pages, doubling.
@@ -349,6 +582,7 @@ impl PagedKvCache {
         }
         let group = &mut self.groups[g];
         group.free.splice(0..0, (old as i32..pages as i32).rev());
+        group.holders.resize(pages, 0);
         group.pages = pages;
         self.epoch += 1;
         Ok(())
@@ -401,7 +635,10 @@ impl PagedKvCache {
                 let mut rows = vec![0i32; seqs.len() * group.width];
                 for (row, &(id, _)) in rows.chunks_exact_mut(group.width).zip(seqs) {
                     let pages = &self.sequence(id).pages[g];
-                    row[..pages.len()].copy_from_slice(pages);
+                    // Slots a window let go are never read; page 0 keeps them in bounds.
+                    for (slot, &p) in row.iter_mut().zip(pages) {
+                        *slot = p.max(0);
+                    }
                 }
                 Array::from_i32(&rows, &[seqs.len(), group.width]).expect("sized above")
             })
@@ -597,5 +834,151 @@ impl KvCache for SequenceCache {
                 self.cache.sequence_mut(self.seq).len += tokens;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two layers, one full and one with a window of 32 (unless `windowless`).
+    fn info_with(windowless: bool) -> ModelInfo {
+        ModelInfo {
+            arch: "test".into(),
+            vocab: 8,
+            layers: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            context_length: 1024,
+            windows: vec![None, if windowless { None } else { Some(32) }],
+            device: Device::Cpu,
+        }
+    }
+
+    fn info() -> ModelInfo {
+        info_with(false)
+    }
+
+    fn config() -> KvConfig {
+        KvConfig {
+            max_pass_tokens: 16,
+            ..KvConfig::default()
+        }
+    }
+
+    /// Runs `id`'s next tokens up to `end` as passes of at most 16, publishing after each
+    /// as a batch does (pages only; no model). Token `i` is `i`.
+    fn run(cache: &mut PagedKvCache, id: SeqId, end: usize) {
+        let tokens: Vec<u32> = (0..end as u32).collect();
+        while cache.len(id) < end {
+            let n = (end - cache.len(id)).min(16);
+            cache.reserve(id, n).unwrap();
+            cache.sequence_mut(id).len += n;
+            cache.publish(id, &tokens);
+        }
+    }
+
+    fn live_pages(cache: &PagedKvCache, id: SeqId, g: usize) -> usize {
+        let pages = &cache.sequence(id).pages[g];
+        pages.iter().filter(|&&p| p != NO_PAGE).count()
+    }
+
+    #[test]
+    fn a_window_holds_only_the_pages_its_queries_see() {
+        let mut cache = PagedKvCache::new(&info(), None, config(), Some(64), 1).unwrap();
+        let id = cache.add_sequence();
+        run(&mut cache, id, 200);
+        assert_eq!(live_pages(&cache, id, 0), 13);
+        // Positions 169..=199 are seen by the next query, in pages 10..=12; the pass
+        // reserved next adds at most one more.
+        run(&mut cache, id, 201);
+        assert!(
+            live_pages(&cache, id, 1) <= 4,
+            "{}",
+            live_pages(&cache, id, 1)
+        );
+        cache.remove_sequence(id);
+        assert_eq!(cache.bytes_in_use(), 0);
+    }
+
+    #[test]
+    fn a_later_sequence_takes_the_cached_pages_of_its_prefix() {
+        let mut cache = PagedKvCache::new(&info(), None, config(), Some(64), 4).unwrap();
+        cache.enable_prefix_cache();
+        let tokens: Vec<u32> = (0..100).collect();
+        let a = cache.add_sequence();
+        run(&mut cache, a, 100);
+        assert_eq!(cache.cached_pages(), 6);
+        // Same first 70 tokens: 4 whole pages match.
+        let mut other = tokens[..70].to_vec();
+        other.extend([999, 998]);
+        let b = cache.add_sequence();
+        assert_eq!(cache.attach_prefix(b, &other), 64);
+        assert_eq!(cache.len(b), 64);
+        let (pa, pb) = (&cache.sequence(a).pages[0], &cache.sequence(b).pages[0]);
+        assert_eq!(pa[..4], pb[..4], "full-attention pages are shared");
+        // The window's pages of positions 33..63 are taken from the cache (the first
+        // sequence, far ahead, let go of them); those before are not held.
+        assert_eq!(cache.sequence(b).pages[1][..2], [NO_PAGE, NO_PAGE]);
+        for &p in &cache.sequence(b).pages[1][2..4] {
+            assert_eq!(cache.groups[1].holders[p as usize], 2, "page {p}");
+        }
+        // At least one token is always left to compute.
+        let c = cache.add_sequence();
+        assert_eq!(cache.attach_prefix(c, &tokens[..64]), 48);
+        // The first sequence gone, its pages live on for the others and the cache.
+        cache.remove_sequence(a);
+        let shared = cache.sequence(b).pages[0][0];
+        assert_eq!(cache.groups[0].holders[shared as usize], 3);
+        cache.remove_sequence(b);
+        cache.remove_sequence(c);
+        assert_eq!(cache.bytes_in_use(), 0);
+        assert!(cache.bytes_cached() > 0);
+    }
+
+    #[test]
+    fn cached_pages_give_way_when_the_pool_runs_short() {
+        let mut cache = PagedKvCache::new(&info(), Some(128), config(), Some(8), 1).unwrap();
+        cache.enable_prefix_cache();
+        let a = cache.add_sequence();
+        run(&mut cache, a, 128);
+        cache.remove_sequence(a);
+        assert_eq!(cache.groups[0].free.len(), 0, "the cache holds every page");
+        // A different sequence needs the whole pool: the cached pages go.
+        let b = cache.add_sequence();
+        let other: Vec<u32> = (1000..1128).collect();
+        assert_eq!(cache.attach_prefix(b, &other), 0);
+        for _ in 0..8 {
+            cache.reserve(b, 16).unwrap();
+            cache.sequence_mut(b).len += 16;
+        }
+        assert_eq!(cache.groups[0].free.len(), 0);
+        assert!(cache.cached_pages() < 8);
+    }
+
+    #[test]
+    fn truncating_stops_before_a_shared_page_and_where_a_window_forgot() {
+        let mut cache = PagedKvCache::new(&info_with(true), None, config(), None, 1).unwrap();
+        cache.enable_prefix_cache();
+        let tokens: Vec<u32> = (0..64).collect();
+        let a = cache.add_sequence();
+        run(&mut cache, a, 64);
+        // Page 2 (positions 32..47) is shared with the cache: keep stops at its start.
+        let cached = cache.sequence(a).pages[0][2];
+        assert_eq!(cache.truncate(a, 40), 32);
+        // Growing again writes new pages, never the cached ones.
+        run(&mut cache, a, 64);
+        assert_ne!(cache.sequence(a).pages[0][2], cached);
+        let b = cache.add_sequence();
+        assert_eq!(cache.attach_prefix(b, &tokens), 48);
+        assert_eq!(cache.sequence(b).pages[0][2], cached);
+        // Far past its window, a sequence's early pages are gone: nothing early is kept.
+        let mut cache = PagedKvCache::new(&info(), None, config(), None, 1).unwrap();
+        let a = cache.add_sequence();
+        run(&mut cache, a, 300);
+        assert_eq!(cache.truncate(a, 20), 0);
+        // Within its window all is there.
+        run(&mut cache, a, 40);
+        assert_eq!(cache.truncate(a, 30), 30);
     }
 }

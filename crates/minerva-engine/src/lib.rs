@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+mod prefix_cache;
 pub mod reply;
 pub mod sampler;
 mod stop;

@@ -1,7 +1,8 @@
 //! Continuous batching on the default model (SmolLM2-135M-Instruct, CPU): a generation's
 //! greedy tokens are the same whether it runs alone, beside 15 others joining at different
 //! steps, or beside others in a KV pool so small that generations are preempted and
-//! recomputed; the same as a `Session` produces; cancelled generations free their pages.
+//! recomputed; the same as a `Session` produces; cancelled generations free their pages;
+//! generations that share a long prefix compute it once and still produce the same tokens.
 
 use std::collections::HashMap;
 
@@ -163,4 +164,65 @@ fn cancelling_frees_pages_and_others_go_on() {
     assert!(finished && batch.is_empty());
     assert_eq!(batch.kv_usage(), (0, 0));
     assert!(batch.kv_pool_bytes() > 0);
+}
+
+/// Conversations with one long system prompt: later ones take its pages from the prefix
+/// cache (their statistics say so) and generate exactly what they generate without it.
+#[test]
+fn a_shared_prefix_is_computed_once_and_changes_nothing() {
+    let engine = engine();
+    let system = "You are a careful assistant. ".repeat(24);
+    let prompts: Vec<Vec<u32>> = QUESTIONS[..4]
+        .iter()
+        .map(|q| {
+            let messages = [
+                ChatMessage::new("system", &system),
+                ChatMessage::new("user", *q),
+            ];
+            engine
+                .encode_chat(&messages, &ChatOptions::default())
+                .unwrap()
+        })
+        .collect();
+    let shared = prompts[0]
+        .iter()
+        .zip(&prompts[1])
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared > 150, "the prompts share {shared} tokens");
+    let run = |prefix_cache: bool| {
+        let config = BatchConfig {
+            prefix_cache,
+            ..BatchConfig::default()
+        };
+        let mut batch = Batch::new(engine.model(), engine.tokenizer(), config).unwrap();
+        let mut out = Vec::new();
+        // One after another, so each finds the pages of those before.
+        for p in &prompts {
+            batch.add(p, &options(12)).unwrap();
+            let (mut tokens, mut reused) = (Vec::new(), None);
+            while !batch.is_empty() {
+                for (_, event) in batch.step().unwrap() {
+                    match event {
+                        Step::Token(t) => tokens.push(t.id),
+                        Step::Finished { stats, .. } => reused = Some(stats.reused_tokens),
+                        Step::Prefill { .. } => {}
+                    }
+                }
+            }
+            out.push((tokens, reused.expect("finished")));
+        }
+        out
+    };
+    let (with, without) = (run(true), run(false));
+    for (i, ((a, reused), (b, none))) in with.iter().zip(&without).enumerate() {
+        assert_eq!(a, b, "conversation {i} with and without the prefix cache");
+        assert_eq!(*none, 0);
+        if i > 0 {
+            assert!(
+                *reused >= shared / 16 * 16 - 16,
+                "conversation {i} reused {reused} of {shared}"
+            );
+        }
+    }
 }

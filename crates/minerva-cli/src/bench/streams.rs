@@ -4,6 +4,10 @@
 //! so every answer has that length), and reports output tokens per second over the whole
 //! run (prefills included) and once every stream decodes (all prompts done: the steady
 //! state of a busy server), per stream too, and the median time to first token.
+//!
+//! `minerva bench --shared-prefix 1024`: the time to first token of a request that begins
+//! with the same 1024 tokens as an earlier one, with the prefix cache (their pages are
+//! reused) and without it (all computed again).
 
 use std::time::Instant;
 
@@ -107,6 +111,80 @@ pub(super) fn streams(
                 ttft * 1e3
             );
         }
+    }
+    Ok(())
+}
+
+/// See the module documentation: the median over `runs` of each time to first token.
+pub(super) fn shared_prefix(
+    engine: &Engine,
+    text: &[u32],
+    prefix: usize,
+    runs: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    const SUFFIX: usize = 32;
+    let shared: Vec<u32> = text.iter().copied().cycle().take(prefix).collect();
+    let with_suffix = |skip: usize| -> Vec<u32> {
+        let suffix = text.iter().copied().cycle().skip(skip).take(SUFFIX);
+        shared.iter().copied().chain(suffix).collect()
+    };
+    let options = GenerateOptions {
+        max_tokens: 1,
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    let ttft = |prefix_cache: bool| -> anyhow::Result<(f64, f64)> {
+        let config = BatchConfig {
+            max_batch: 1,
+            kv: engine.kv_config(),
+            max_context: Some(prefix + SUFFIX + 1),
+            prefix_cache,
+            ..BatchConfig::default()
+        };
+        let mut batch = Batch::new(engine.model(), engine.tokenizer(), config)?;
+        let mut time_one = |prompt: &[u32]| -> anyhow::Result<f64> {
+            let start = Instant::now();
+            batch.add(prompt, &options)?;
+            let mut first = None;
+            while !batch.is_empty() {
+                for (_, event) in batch.step()? {
+                    if let Step::Token(_) = event {
+                        first.get_or_insert(start.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            first.ok_or_else(|| anyhow::anyhow!("no token came"))
+        };
+        let first = time_one(&with_suffix(7))?;
+        let second = time_one(&with_suffix(13))?;
+        Ok((first, second))
+    };
+    ttft(true)?; // warm-up
+    let (mut cold, mut hit, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (first, second) = ttft(true)?;
+        cold.push(first);
+        hit.push(second);
+        off.push(ttft(false)?.1);
+    }
+    let (cold, hit, off) = (super::median(cold), super::median(hit), super::median(off));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "shared_prefix": prefix, "suffix": SUFFIX, "ttft_first_s": cold,
+                "ttft_hit_s": hit, "ttft_no_prefix_cache_s": off,
+            })
+        );
+    } else {
+        println!(
+            "time to first token, {prefix} shared + {SUFFIX} own tokens: first request {:.1} ms; a later one {:.1} ms with the prefix cache, {:.1} ms without ({:.1}x)",
+            cold * 1e3,
+            hit * 1e3,
+            off * 1e3,
+            off / hit.max(1e-9)
+        );
     }
     Ok(())
 }
