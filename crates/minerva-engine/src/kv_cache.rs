@@ -372,7 +372,7 @@ impl PagedKvCache {
         let mut keep = len.min(self.len(id));
         let seq = self.sequence(id);
         let shared = |keep: usize| {
-            keep % ps != 0
+            !keep.is_multiple_of(ps)
                 && self.groups.iter().zip(&seq.pages).any(|(g, pages)| {
                     pages
                         .get(keep / ps)
