@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// needed]; when full, the newest generations are preempted and recomputed later
     #[arg(long)]
     pub kv_pages: Option<usize>,
+    /// Compute every prompt in full, instead of reusing the KV pages of an earlier request
+    /// that began with the same tokens (a shared system prompt, earlier turns)
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Requests waiting for a slot; beyond this the server answers 429
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
@@ -63,6 +67,7 @@ pub fn serve(choice: &ModelChoice, args: &ServeArgs) -> anyhow::Result<()> {
             max_queue: args.max_queue,
             max_context: args.max_context,
             kv_pages: args.kv_pages,
+            prefix_cache: !args.no_prefix_cache,
         },
         kv: choice.kv_config()?,
         load_delay: Duration::from_millis(args.load_delay_ms),

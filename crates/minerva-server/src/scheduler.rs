@@ -47,6 +47,8 @@ pub struct Limits {
     /// Pages of 16 positions in the KV pool's full-attention layers (None: grow on demand);
     /// when they run out, the newest generations are preempted and recomputed later.
     pub kv_pages: Option<usize>,
+    /// Whether requests reuse the KV pages of earlier ones that began with the same tokens.
+    pub prefix_cache: bool,
 }
 
 /// The queue was full: the request is refused (HTTP 429).
@@ -158,6 +160,7 @@ fn run(engine: &Engine, shared: &Shared) {
         max_context: shared.limits.max_context,
         kv_pages: shared.limits.kv_pages,
         kv: engine.kv_config(),
+        prefix_cache: shared.limits.prefix_cache,
         ..BatchConfig::default()
     };
     let mut batch = match Batch::new(engine.model(), engine.tokenizer(), config) {
