@@ -20,6 +20,7 @@ use minerva_core::{ops, Array, Device};
 use minerva_models::tokenizer::Tokenizer;
 use minerva_models::{CausalLm, Logits};
 
+use crate::decode_step::BatchDecode;
 use crate::error::{EngineError, Result};
 use crate::generate::{Accepted, FinishReason, GenerateOptions, GenerationStats, Run, Step};
 use crate::kv_cache::{KvConfig, PagedKvCache, SeqId};
@@ -76,6 +77,8 @@ pub struct Batch<'m> {
     /// In arrival order.
     entries: VecDeque<Entry<'m>>,
     next_id: u64,
+    /// Captured steps where every generation decodes one token (GPU).
+    graphs: BatchDecode,
 }
 
 /// What one entry brings to a step.
@@ -125,6 +128,7 @@ impl<'m> Batch<'m> {
             config,
             entries: VecDeque::new(),
             next_id: 0,
+            graphs: BatchDecode::default(),
         })
     }
 
@@ -225,13 +229,28 @@ impl<'m> Batch<'m> {
             let start = self.cache.len(e.seq);
             ids.extend(e.history[start..start + p.tokens].iter().map(|&t| t as i32));
         }
-        let inputs = self.cache.inputs(&seqs)?;
-        let ids = Array::from_i32(&ids, &[ids.len()])?;
         let model = self.model;
-        let mut view = self.cache.view(&inputs);
-        // On the compute pool, as `generate::forward` runs a pass.
-        let logits =
-            rayon::scope(|_| model.forward_ids(&ids, &inputs.positions, &mut view, Logits::Last))?;
+        // One token per generation: a captured step on the GPU.
+        let replayed = if plan.iter().all(|p| p.tokens == 1) {
+            let order: Vec<SeqId> = seqs.iter().map(|s| s.0).collect();
+            self.graphs
+                .run(model, &mut self.cache, &order, &ids)?
+                .cloned()
+        } else {
+            None
+        };
+        let logits = match replayed {
+            Some(logits) => logits,
+            None => {
+                let inputs = self.cache.inputs(&seqs)?;
+                let ids = Array::from_i32(&ids, &[ids.len()])?;
+                let mut view = self.cache.view(&inputs);
+                // On the compute pool, as `generate::forward` runs a pass.
+                rayon::scope(|_| {
+                    model.forward_ids(&ids, &inputs.positions, &mut view, Logits::Last)
+                })?
+            }
+        };
         // Rows of generations whose pending tokens all ran now pick a token.
         let picking: Vec<usize> = plan
             .iter()

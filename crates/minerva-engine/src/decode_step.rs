@@ -7,7 +7,11 @@
 //! A graph replays on the buffers it was captured with: the page tables are rewritten in
 //! place before each replay, and the graph is captured again whenever the cache's pools
 //! move (they grow by doubling: a handful of captures per conversation).
+//!
+//! [`BatchDecode`] does the same for a batch's decode steps: one graph per number of
+//! sequences, each replayed whenever that many sequences bring one token each.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use minerva_core::backends::cuda::{self, CudaDevice, CudaGraph};
@@ -16,7 +20,7 @@ use minerva_core::{ops, Array, DType, Device};
 use minerva_models::{CausalLm, KvCache, Logits};
 
 use crate::generate::forward;
-use crate::kv_cache::{PagedKvCache, PassInputs, SequenceCache};
+use crate::kv_cache::{PagedKvCache, PassInputs, SeqId, SequenceCache};
 use crate::sampler::argmax;
 
 /// Runs decode steps for one cache; keeps the captured graph between them.
@@ -28,11 +32,11 @@ pub struct DecodeStep {
 /// A graph of one decode step and the arrays it reads and writes in place.
 struct Captured {
     graph: CudaGraph,
-    /// `[1]` i32 token id and the pass's positions and page tables, rewritten before each
-    /// replay.
+    /// `[n]` i32 token ids (one per sequence) and the pass's positions and page tables,
+    /// rewritten before each replay.
     ids: Array,
     inputs: PassInputs,
-    /// `[1, vocab]` f32 logits and their `[1]` i32 argmax, rewritten by each replay.
+    /// `[n, vocab]` f32 logits and their `[n]` i32 argmax, rewritten by each replay.
     logits: Array,
     greedy: Array,
     /// What the graph was captured against: the model (by address) and the pools' epoch.
@@ -140,19 +144,64 @@ impl DecodeStep {
             self.captured = Some(Captured::new(&gpu, model, cache, inputs, model_id)?);
         }
         let c = self.captured.as_mut().expect("captured above");
-        if !stale {
-            cache.refill(&mut c.inputs, &pass)?;
-        }
-        c.ids.overwrite(&Array::from_i32(&[token as i32], &[1])?)?;
-        c.graph.launch()?;
-        cache.view(&c.inputs).advance(1);
+        c.replay(cache, &pass, &[token as i32], !stale)?;
         Ok(Output::Replayed(c))
     }
 }
 
+/// Captured decode steps of a batch on a GPU: one graph per number of sequences.
+#[derive(Default)]
+pub struct BatchDecode {
+    graphs: HashMap<usize, Captured>,
+}
+
+/// Graphs kept at most (each holds its activations); the oldest size goes first.
+const MAX_BATCH_GRAPHS: usize = 16;
+
+impl BatchDecode {
+    /// Runs one token of each of `seqs` (token `ids[i]` at the end of sequence `seqs[i]`,
+    /// whose pages are reserved) and returns their `[n, vocab]` logits, valid until the
+    /// next run; `None` off the GPU or while kernels are profiled (the caller runs the pass
+    /// itself).
+    pub fn run(
+        &mut self,
+        model: &dyn CausalLm,
+        cache: &mut PagedKvCache,
+        seqs: &[SeqId],
+        ids: &[i32],
+    ) -> minerva_models::Result<Option<&Array>> {
+        let Device::Cuda(ordinal) = model.device() else {
+            return Ok(None);
+        };
+        let gpu = cuda::device(ordinal)?;
+        if gpu.is_profiling() {
+            // Kernels are timed one by one only outside graphs.
+            return Ok(None);
+        }
+        let model_id = model as *const dyn CausalLm as *const () as usize;
+        self.graphs
+            .retain(|_, c| c.model == model_id && c.epoch == cache.epoch());
+        let pass: Vec<(SeqId, usize)> = seqs.iter().map(|&s| (s, 1)).collect();
+        let n = seqs.len();
+        let fresh = !self.graphs.contains_key(&n);
+        if fresh {
+            if self.graphs.len() >= MAX_BATCH_GRAPHS {
+                let oldest = *self.graphs.keys().min().expect("full");
+                self.graphs.remove(&oldest);
+            }
+            let inputs = cache.inputs(&pass)?;
+            let c = Captured::new(&gpu, model, cache, inputs, model_id)?;
+            self.graphs.insert(n, c);
+        }
+        let c = self.graphs.get_mut(&n).expect("captured above");
+        c.replay(cache, &pass, ids, !fresh)?;
+        Ok(Some(&c.logits))
+    }
+}
+
 impl Captured {
-    /// Records one decode step of the pass `inputs` describes (recording runs nothing: the
-    /// first launch of the graph does the step).
+    /// Records one decode step of the pass `inputs` describes, one token per sequence
+    /// (recording runs nothing: the first launch of the graph does the step).
     fn new(
         gpu: &Arc<CudaDevice>,
         model: &dyn CausalLm,
@@ -160,7 +209,8 @@ impl Captured {
         inputs: PassInputs,
         model_id: usize,
     ) -> minerva_models::Result<Captured> {
-        let ids = Array::zeros_on(DType::I32, &[1], model.device())?;
+        let tokens = inputs.positions.numel();
+        let ids = Array::zeros_on(DType::I32, &[tokens], model.device())?;
         let epoch = cache.epoch();
         let (graph, (logits, greedy)) = gpu.capture(|| -> minerva_models::Result<_> {
             // The caller advances the sequence after each launch, the first one included.
@@ -178,5 +228,23 @@ impl Captured {
             model: model_id,
             epoch,
         })
+    }
+
+    /// Runs the step for `pass` (the sequences it was captured for, or as many others when
+    /// `refill`), token `ids[i]` for sequence i, and advances them.
+    fn replay(
+        &mut self,
+        cache: &mut PagedKvCache,
+        pass: &[(SeqId, usize)],
+        ids: &[i32],
+        refill: bool,
+    ) -> minerva_models::Result<()> {
+        if refill {
+            cache.refill(&mut self.inputs, pass)?;
+        }
+        self.ids.overwrite(&Array::from_i32(ids, &[ids.len()])?)?;
+        self.graph.launch()?;
+        cache.view(&self.inputs).advance(1);
+        Ok(())
     }
 }

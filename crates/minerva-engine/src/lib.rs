@@ -27,7 +27,7 @@ pub mod sampler;
 mod stop;
 
 pub use batch::{Batch, BatchConfig, GenId};
-pub use decode_step::DecodeStep;
+pub use decode_step::{BatchDecode, DecodeStep};
 pub use engine::Engine;
 pub use error::{EngineError, Result};
 pub use generate::{
