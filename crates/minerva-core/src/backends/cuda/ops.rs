@@ -64,9 +64,8 @@ struct FormatKernels {
     dequant: &'static str,
     /// The streaming one-token products, (kernel, rows per block), most rows first.
     matvec: Option<&'static [(&'static str, usize)]>,
-    /// The streaming few-token products: the kernel that prepares activations, and the
-    /// products (kernel, rows per block), most rows first.
-    tokens: Option<(&'static str, &'static [(&'static str, usize)])>,
+    /// The streaming few-token products, (kernel, rows per block), most rows first.
+    tokens: Option<&'static [(&'static str, usize)]>,
 }
 
 macro_rules! format_kernels {
@@ -80,16 +79,10 @@ macro_rules! format_kernels {
             tokens: None,
         }
     };
-    ($f:literal, streaming $($rows:literal)+) => {
+    ($f:literal, streaming $($rows:literal)+; tokens $($t:literal)+) => {
         FormatKernels {
             matvec: Some(&[$((concat!("matvec_", $f, "_r", $rows), $rows)),+]),
-            tokens: Some((
-                concat!("prepare_acts_", $f),
-                &[
-                    (concat!("matvec_tokens_", $f, "_r4_n8"), 4),
-                    (concat!("matvec_tokens_", $f, "_r1_n8"), 1),
-                ],
-            )),
+            tokens: Some(&[$((concat!("matvec_tokens_", $f, "_r", $t, "_n8"), $t)),+]),
             dequant: concat!("dequant8_f16_", $f),
             ..format_kernels!($f)
         }
@@ -135,12 +128,12 @@ fn weight_arg(w: &Array) -> Result<(WeightArg, FormatKernels)> {
         DType::Affine { bits: b, .. } => {
             bits = b as i32;
             match b {
-                8 => format_kernels!("affine8", streaming 4 1),
-                4 => format_kernels!("affine4", streaming 4 1),
+                8 => format_kernels!("affine8", streaming 4 1; tokens 4 1),
+                4 => format_kernels!("affine4", streaming 4 1; tokens 2 1),
                 _ => format_kernels!("affine_any"),
             }
         }
-        DType::Mxfp4 => format_kernels!("mxfp4", streaming 16 8 4 1),
+        DType::Mxfp4 => format_kernels!("mxfp4", streaming 16 8 4 1; tokens 4 1),
         other => return Err(Error::Unsupported(format!("{other} weights on CUDA"))),
     };
     // The 16-byte chunk loads of the MLX formats need 16-byte aligned rows.
@@ -249,57 +242,20 @@ fn product(dev: &Arc<CudaDevice>, kernels: &FormatKernels, a: &ProductArgs) -> R
     )
 }
 
-/// Bytes between prepared chunks of activations (`ACT_STRIDE` in `linear.cu`).
-const ACT_STRIDE: usize = 144;
-
-/// `rows` rows of `k` f32 values at `x` as the streaming kernels of a format read
-/// activations: prepared once (`prepare_acts_*`), read by every row that uses them.
-fn prepare_acts(
-    dev: &Arc<CudaDevice>,
-    kernel: &'static str,
-    x: u64,
-    (rows, k): (usize, usize),
-    vals: usize,
-) -> Result<super::DeviceBuffer> {
-    let chunks = rows * (k / vals);
-    let out = dev.alloc(ACT_STRIDE * chunks)?;
-    dev.launch(
-        kernel,
-        grid_for(chunks),
-        THREADS,
-        &[&x, &(rows as i64), &(k as i32), &out.ptr()],
-    )?;
-    Ok(out)
-}
-
 /// Queues a `matvec_tokens_*` kernel: every token of a plain product in one pass over the
 /// weights (see `matvec_tokens_body`).
 fn matvec_tokens(
     dev: &Arc<CudaDevice>,
-    (prepare, kernels): (&'static str, &[(&'static str, usize)]),
+    kernels: &[(&'static str, usize)],
     a: &ProductArgs,
 ) -> Result<()> {
-    let k = a.w.k as usize;
-    let acts = prepare_acts(dev, prepare, a.x, (a.tokens, k), chunk_values(&a.w))?;
     let (name, rows) = rows_per_block(dev, kernels, a.n, 1);
     dev.launch(
         name,
         (a.n.div_ceil(rows) as u32, 1, 1),
         chunk_threads(&a.w),
-        &[
-            &a.w,
-            &acts.ptr(),
-            &a.bias,
-            &a.y,
-            &(a.n as i32),
-            &(a.tokens as i32),
-        ],
+        &[&a.w, &a.x, &a.bias, &a.y, &(a.n as i32), &(a.tokens as i32)],
     )
-}
-
-/// Values per 16-byte chunk of a streaming format.
-fn chunk_values(w: &WeightArg) -> usize {
-    16 * w.k as usize / w.row_bytes as usize
 }
 
 /// Queues a `matvec_*` kernel over `passes` one-token products (see [`rows_per_block`] and

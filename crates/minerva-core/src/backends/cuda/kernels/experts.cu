@@ -211,8 +211,8 @@ extern "C" __global__ void expert_mix_sorted(const float* __restrict__ y,
 // A few tokens (a batch of decoding sequences): the (token, slot) pairs grouped by expert on
 // the device, so each chosen expert's rows are read once for all of its pairs instead of
 // once per pair, with no trip to the host (a captured graph replays it). Each 16-byte chunk
-// of weights is decoded once and dotted with every pair's activations, prepared once per
-// token (`prepare_acts`); the products are the decode kernels' own, chunk for chunk.
+// of weights is decoded once and dotted with the activations of each of the expert's
+// pairs; the products are the one-token kernels' own, chunk for chunk.
 
 // The pairs of `ids` ([pairs] expert ids) grouped by expert. `out`: the number of experts
 // with pairs, then `max_active` expert ids (ascending), their first sorted rows and their
@@ -270,11 +270,12 @@ struct ExpertGroups {
 
 // Block (x, a): rows r0..r0+R of the gate and up projections of the a-th expert with pairs,
 // for its pairs NT at a time: h[sorted row, row] = SwiGLU(gate . x + bias, up . x + bias),
-// x the pair's token's prepared activations.
+// x the pair's token's activations. A thread keeps its chunk of all R rows in flight and
+// decodes one row at a time.
 template <class F, int R, int NT>
 __device__ __forceinline__ void expert_swiglu_grouped_body(const ExpertRows& gate,
                                                            const ExpertRows& up,
-                                                           const u8* __restrict__ acts,
+                                                           const float* __restrict__ x,
                                                            ExpertGroups groups, int slots,
                                                            float* __restrict__ h, int inter,
                                                            float alpha, float limit) {
@@ -282,13 +283,14 @@ __device__ __forceinline__ void expert_swiglu_grouped_body(const ExpertRows& gat
     if (a >= groups.active()) return;  // the whole block leaves
     const int e = groups.expert(a), row0 = groups.start(a), n = groups.count(a);
     const int r0 = blockIdx.x * R;
-    const int chunks = gate.w.k / F::VALS;
+    const int k = gate.w.k, chunks = k / F::VALS;
     __shared__ float sums[2 * NT][R];
     for (int p0 = 0; p0 < n; p0 += NT) {
         const int m = min(NT, n - p0);
-        i64 token[NT];
+        const float* xt[NT];
 #pragma unroll
-        for (int j = 0; j < NT; j++) token[j] = groups.pair(row0 + p0 + min(j, m - 1)) / slots;
+        for (int j = 0; j < NT; j++)
+            xt[j] = x + (i64)(groups.pair(row0 + p0 + min(j, m - 1)) / slots) * k;
         float acc[2 * NT][R];
 #pragma unroll
         for (int s = 0; s < 2 * NT; s++)
@@ -302,23 +304,21 @@ __device__ __forceinline__ void expert_swiglu_grouped_body(const ExpertRows& gat
                 qg[r] = expert_chunk(gate, e, row, c);
                 qu[r] = expert_chunk(up, e, row, c);
             }
-            typename F::Dec dg[R], du[R];
+            typename F::Act act[NT];
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < m) F::load_act(xt[j] + c * F::VALS, act[j]);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 const int row = min(r0 + r, inter - 1);
-                dg[r] = F::decode(gate.w, qg[r], expert_group0(gate, e, row), c);
-                du[r] = F::decode(up.w, qu[r], expert_group0(up, e, row), c);
-            }
+                const typename F::Dec dg = F::decode(gate.w, qg[r], expert_group0(gate, e, row), c);
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
-                if (j < m) {
-                    const typename F::Act act = prepared<F>(acts, token[j], chunks, c);
+                for (int j = 0; j < NT; j++)
+                    if (j < m) acc[j][r] += F::dot(dg, act[j]);
+                const typename F::Dec du = F::decode(up.w, qu[r], expert_group0(up, e, row), c);
 #pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        acc[j][r] += F::dot(dg[r], act);
-                        acc[NT + j][r] += F::dot(du[r], act);
-                    }
-                }
+                for (int j = 0; j < NT; j++)
+                    if (j < m) acc[NT + j][r] += F::dot(du, act[j]);
             }
         }
         const float total = block_rows_sum<2 * NT, R>(acc);
@@ -337,18 +337,18 @@ __device__ __forceinline__ void expert_swiglu_grouped_body(const ExpertRows& gat
 }
 
 // Block (x, a): rows r0..r0+R of the a-th expert's down projection for its pairs, NT at a
-// time: y[sorted row, row] = down . h[sorted row] (prepared activations; bias and router
-// weight are added by expert_mix_sorted).
+// time: y[sorted row, row] = down . h[sorted row] (bias and router weight are added by
+// expert_mix_sorted).
 template <class F, int R, int NT>
 __device__ __forceinline__ void expert_down_grouped_body(const ExpertRows& down,
-                                                         const u8* __restrict__ acts,
+                                                         const float* __restrict__ h,
                                                          ExpertGroups groups,
                                                          float* __restrict__ y, int n) {
     const int a = blockIdx.y;
     if (a >= groups.active()) return;  // the whole block leaves
     const int e = groups.expert(a), row0 = groups.start(a), pairs = groups.count(a);
     const int r0 = blockIdx.x * R;
-    const int chunks = down.w.k / F::VALS;
+    const int k = down.w.k, chunks = k / F::VALS;
     for (int p0 = 0; p0 < pairs; p0 += NT) {
         const int m = min(NT, pairs - p0);
         float acc[NT][R];
@@ -360,17 +360,17 @@ __device__ __forceinline__ void expert_down_grouped_body(const ExpertRows& down,
             uint4 q[R];
 #pragma unroll
             for (int r = 0; r < R; r++) q[r] = expert_chunk(down, e, min(r0 + r, n - 1), c);
-            typename F::Dec d[R];
+            typename F::Act act[NT];
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                d[r] = F::decode(down.w, q[r], expert_group0(down, e, min(r0 + r, n - 1)), c);
+            for (int j = 0; j < NT; j++)
+                if (j < m) F::load_act(h + (i64)(row0 + p0 + j) * k + c * F::VALS, act[j]);
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
-                if (j < m) {
-                    const typename F::Act act = prepared<F>(acts, row0 + p0 + j, chunks, c);
+            for (int r = 0; r < R; r++) {
+                const typename F::Dec d =
+                    F::decode(down.w, q[r], expert_group0(down, e, min(r0 + r, n - 1)), c);
 #pragma unroll
-                    for (int r = 0; r < R; r++) acc[j][r] += F::dot(d[r], act);
-                }
+                for (int j = 0; j < NT; j++)
+                    if (j < m) acc[j][r] += F::dot(d, act[j]);
             }
         }
         const float total = block_rows_sum<NT, R>(acc);
@@ -380,22 +380,23 @@ __device__ __forceinline__ void expert_down_grouped_body(const ExpertRows& down,
     }
 }
 
-#define GROUPED_EXPERT_KERNELS(NAME, F, R, NT)                                                  \
-    extern "C" __global__ void expert_swiglu_grouped_##NAME##_r##R##_n##NT(                     \
-        ExpertRows gate, ExpertRows up, const u8* acts, const int* groups, int max_active,      \
+#define GROUPED_EXPERT_KERNELS(NAME, F, R, NTS, NTD)                                           \
+    extern "C" __global__ void expert_swiglu_grouped_##NAME##_r##R(                              \
+        ExpertRows gate, ExpertRows up, const float* x, const int* groups, int max_active,      \
         int slots, float* h, int inter, float alpha, float limit) {                             \
-        expert_swiglu_grouped_body<F, R, NT>(gate, up, acts, ExpertGroups{groups, max_active},  \
-                                             slots, h, inter, alpha, limit);                    \
+        expert_swiglu_grouped_body<F, R, NTS>(gate, up, x, ExpertGroups{groups, max_active},    \
+                                              slots, h, inter, alpha, limit);                   \
     }                                                                                           \
-    extern "C" __global__ void expert_down_grouped_##NAME##_r##R##_n##NT(                       \
-        ExpertRows down, const u8* acts, const int* groups, int max_active, float* y, int n) {  \
-        expert_down_grouped_body<F, R, NT>(down, acts, ExpertGroups{groups, max_active}, y, n); \
+    extern "C" __global__ void expert_down_grouped_##NAME##_r##R(                                \
+        ExpertRows down, const float* h, const int* groups, int max_active, float* y, int n) {  \
+        expert_down_grouped_body<F, R, NTD>(down, h, ExpertGroups{groups, max_active}, y, n);   \
     }
 
-GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 1, 8)
-GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 2, 8)
-GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 4, 4)
-GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 1, 8)
-GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 2, 4)
-GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 1, 8)
-GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 2, 4)
+// (rows per block, pairs per pass of the gate/up kernel, of the down kernel): registers
+// allow fewer for the affine formats, whose decoded chunks are floats.
+GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 8, 2, 4)
+GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 2, 2, 4)
+GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 4, 2, 2)
+GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 2, 2, 2)
+GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 4, 2, 2)
+GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 2, 2, 2)

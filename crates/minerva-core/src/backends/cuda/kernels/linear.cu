@@ -395,22 +395,27 @@ template <int BITS>
 struct MvAffine {
     static constexpr int VALS = 128 / BITS;
     typedef ChunkF32<VALS> Act;
-    // A chunk's codes with its group's scale and bias; the codes become floats per product
-    // (holding VALS floats per row would cost more registers than converting twice).
+    // A chunk's codes as floats with its group's scale and bias: decoded once, dotted with
+    // every token's activations.
     struct Dec {
-        uint4 q;
+        float v[VALS];
         float s, b;
     };
     __device__ static void load_act(const float* x, Act& a) { a.load(x); }
     __device__ static Dec decode(const Weight& w, uint4 q, i64 g0, int c) {
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
         const i64 g = g0 + (i64)c * VALS / w.group;
-        return Dec{q, load_param(w.scales, w.param_kind, g), load_param(w.biases, w.param_kind, g)};
+        Dec d;
+#pragma unroll
+        for (int i = 0; i < VALS; i++) d.v[i] = code_as_float<BITS>(words, i);
+        d.s = load_param(w.scales, w.param_kind, g);
+        d.b = load_param(w.biases, w.param_kind, g);
+        return d;
     }
     __device__ static float dot(const Dec& d, const Act& a) {
-        const u32 words[4] = {d.q.x, d.q.y, d.q.z, d.q.w};
         float v = 0.0f;
 #pragma unroll
-        for (int i = 0; i < VALS; i++) v = fmaf(code_as_float<BITS>(words, i), a.x[i], v);
+        for (int i = 0; i < VALS; i++) v = fmaf(d.v[i], a.x[i], v);
         return fmaf(d.s, v, d.b * a.sum);
     }
     __device__ static float dot(const Weight& w, uint4 q, i64 g0, int c, const Act& a) {
@@ -569,38 +574,14 @@ __device__ __forceinline__ void matvec_body(const Weight& w, const float* __rest
 }
 
 // ---------------------------------------------------------------------------------------
-// A few tokens at once (a batch of decoding sequences). Each token's activations are
-// prepared once (`prepare_acts`), each 16-byte chunk of weights is decoded once and dotted
-// with every token's; a row's sum is formed exactly as the one-token kernels form it (same
-// chunks per thread, same reductions), so a token gets the same bits alone or in a batch.
-
-// Bytes between prepared chunks of activations: at least sizeof(F::Act) of every format.
-#define ACT_STRIDE 144
-
-// out[r, c] = F's activations of chunk c of row r of x ([rows, k] f32), ACT_STRIDE apart.
-template <class F>
-__device__ __forceinline__ void prepare_acts_body(const float* __restrict__ x, i64 rows, int k,
-                                                  u8* __restrict__ out) {
-    static_assert(sizeof(typename F::Act) <= ACT_STRIDE, "ACT_STRIDE too small");
-    const int chunks = k / F::VALS;
-    GRID_STRIDE(i, rows * chunks) {
-        const i64 r = i / chunks;
-        const int c = (int)(i - r * chunks);
-        typename F::Act a;
-        F::load_act(x + r * k + (i64)c * F::VALS, a);
-        *(typename F::Act*)(out + i * ACT_STRIDE) = a;
-    }
-}
-
-template <class F>
-__device__ __forceinline__ const typename F::Act& prepared(const u8* acts, i64 row, int chunks,
-                                                           int c) {
-    return *(const typename F::Act*)(acts + (row * chunks + c) * ACT_STRIDE);
-}
+// A few tokens at once (a batch of decoding sequences): each 16-byte chunk of weights is
+// decoded once and dotted with every token's activations. A row's sum is formed exactly as
+// the one-token kernels form it (same chunks per thread, same products, same reductions),
+// so a token gets the same bits alone or in a batch.
 
 // Block x: rows r0..r0+R of y[t] = x[t] . w + bias for every token, NT at a time.
 template <class F, int R, int NT>
-__device__ __forceinline__ void matvec_tokens_body(const Weight& w, const u8* __restrict__ acts,
+__device__ __forceinline__ void matvec_tokens_body(const Weight& w, const float* __restrict__ x,
                                                    const float* __restrict__ bias,
                                                    float* __restrict__ y, int n, int tokens) {
     const int r0 = blockIdx.x * R;
@@ -627,7 +608,8 @@ __device__ __forceinline__ void matvec_tokens_body(const Weight& w, const u8* __
 #pragma unroll
             for (int j = 0; j < NT; j++) {
                 if (j < m) {
-                    const typename F::Act act = prepared<F>(acts, t0 + j, chunks, c);
+                    typename F::Act act;
+                    F::load_act(x + (i64)(t0 + j) * w.k + c * F::VALS, act);
 #pragma unroll
                     for (int r = 0; r < R; r++) acc[j][r] += F::dot(d[r], act);
                 }
@@ -658,23 +640,15 @@ MATVEC_KERNEL(mxfp4, MvMxfp4, 4)
 MATVEC_KERNEL(mxfp4, MvMxfp4, 8)
 MATVEC_KERNEL(mxfp4, MvMxfp4, 16)
 
-#define PREPARE_ACTS_KERNEL(NAME, F)                                                            \
-    extern "C" __global__ void prepare_acts_##NAME(const float* x, i64 rows, int k, u8* out) { \
-        prepare_acts_body<F>(x, rows, k, out);                                                  \
-    }
-
 #define MATVEC_TOKENS_KERNEL(NAME, F, R, NT)                                                   \
     extern "C" __global__ void matvec_tokens_##NAME##_r##R##_n##NT(                            \
-        Weight w, const u8* acts, const float* bias, float* y, int n, int tokens) {            \
-        matvec_tokens_body<F, R, NT>(w, acts, bias, y, n, tokens);                             \
+        Weight w, const float* x, const float* bias, float* y, int n, int tokens) {            \
+        matvec_tokens_body<F, R, NT>(w, x, bias, y, n, tokens);                                \
     }
 
-PREPARE_ACTS_KERNEL(mxfp4, MvMxfp4)
-PREPARE_ACTS_KERNEL(affine8, MvAffine8)
-PREPARE_ACTS_KERNEL(affine4, MvAffine4)
 MATVEC_TOKENS_KERNEL(mxfp4, MvMxfp4, 4, 8)
 MATVEC_TOKENS_KERNEL(mxfp4, MvMxfp4, 1, 8)
 MATVEC_TOKENS_KERNEL(affine8, MvAffine8, 4, 8)
 MATVEC_TOKENS_KERNEL(affine8, MvAffine8, 1, 8)
-MATVEC_TOKENS_KERNEL(affine4, MvAffine4, 4, 8)
+MATVEC_TOKENS_KERNEL(affine4, MvAffine4, 2, 8)
 MATVEC_TOKENS_KERNEL(affine4, MvAffine4, 1, 8)

@@ -11,10 +11,7 @@ use std::sync::Arc;
 
 use super::super::blas::HalfGemm;
 use super::gemm::{half_rows, half_weight, worth_it, HalfOut};
-use super::{
-    chunk_threads, chunk_values, device_of, grid_for, prepare_acts, rows_per_block, weight_arg,
-    WeightArg, THREADS,
-};
+use super::{chunk_threads, device_of, grid_for, rows_per_block, weight_arg, WeightArg, THREADS};
 use crate::backends::cuda::CudaDevice;
 use crate::ops::{ExpertGateUp, SwigluExperts};
 use crate::{Array, DType, Device, Error, Result};
@@ -63,14 +60,12 @@ struct ExpertKernels {
     /// For up to 4 and up to 8 experts per token.
     down4: [(&'static str, usize); 3],
     down8: [(&'static str, usize); 2],
-    /// A few tokens: the activations' preparation, then (gate/up kernel, down kernel, rows
-    /// per block), most rows first.
-    prepare: &'static str,
+    /// A few tokens: (gate/up kernel, down kernel, rows per block), most rows first.
     grouped: [(&'static str, &'static str, usize); 2],
 }
 
 macro_rules! expert_kernels {
-    ($f:literal) => {
+    ($f:literal, grouped $r1:literal $r2:literal) => {
         ExpertKernels {
             swiglu: [
                 (concat!("expert_swiglu_", $f, "_r8"), 8),
@@ -86,17 +81,16 @@ macro_rules! expert_kernels {
                 (concat!("expert_down_", $f, "_r2_s8"), 2),
                 (concat!("expert_down_", $f, "_r1_s8"), 1),
             ],
-            prepare: concat!("prepare_acts_", $f),
             grouped: [
-                expert_kernels!(@grouped $f, 2),
-                expert_kernels!(@grouped $f, 1),
+                expert_kernels!(@grouped $f, $r1),
+                expert_kernels!(@grouped $f, $r2),
             ],
         }
     };
     (@grouped $f:literal, $rows:literal) => {
         (
-            concat!("expert_swiglu_grouped_", $f, "_r", $rows, "_n8"),
-            concat!("expert_down_grouped_", $f, "_r", $rows, "_n8"),
+            concat!("expert_swiglu_grouped_", $f, "_r", $rows),
+            concat!("expert_down_grouped_", $f, "_r", $rows),
             $rows,
         )
     };
@@ -116,9 +110,9 @@ pub(crate) fn mixture_of_experts(
 ) -> Result<Option<Array>> {
     let dtype = experts.down.dtype();
     let kernels = match dtype {
-        DType::Mxfp4 => expert_kernels!("mxfp4"),
-        DType::Affine { bits: 8, .. } => expert_kernels!("affine8"),
-        DType::Affine { bits: 4, .. } => expert_kernels!("affine4"),
+        DType::Mxfp4 => expert_kernels!("mxfp4", grouped 8 2),
+        DType::Affine { bits: 8, .. } => expert_kernels!("affine8", grouped 4 2),
+        DType::Affine { bits: 4, .. } => expert_kernels!("affine4", grouped 4 2),
         _ => return Ok(None),
     };
     let (tokens, slots) = (ids.dim(0), ids.dim(1));
@@ -217,7 +211,8 @@ pub(crate) fn mixture_of_experts(
 /// The experts of a few tokens, each chosen expert's rows read once: the pairs grouped by
 /// expert on the device (`expert_groups`, nothing comes back to the host), the gate and up
 /// products with their SwiGLU per group, the down products per group, then each token's
-/// mix (`expert_mix_sorted`, as for prompts).
+/// mix (`expert_mix_sorted`, as for prompts). The kernels read the f32 activations as the
+/// one-token kernels do.
 fn few_tokens(
     dev: &Arc<CudaDevice>,
     x: &Array,
@@ -245,14 +240,6 @@ fn few_tokens(
         ],
     )?;
     let rank = groups.ptr() + 4 * (1 + 3 * max_active + pairs) as u64;
-    let vals = chunk_values(&p.down.w);
-    let acts = prepare_acts(
-        dev,
-        kernels.prepare,
-        x.device_ptr()?,
-        (tokens, hidden),
-        vals,
-    )?;
     let variants: Vec<_> = kernels.grouped.iter().map(|g| (g.0, g.2)).collect();
     let (swiglu, rows) = rows_per_block(dev, &variants, inter, max_active);
     let down = kernels
@@ -269,7 +256,7 @@ fn few_tokens(
         &[
             &p.gate,
             &p.up,
-            &acts.ptr(),
+            &x.device_ptr()?,
             &groups.ptr(),
             &(max_active as i32),
             &(slots as i32),
@@ -279,9 +266,6 @@ fn few_tokens(
             &experts.limit,
         ],
     )?;
-    drop(acts);
-    let h_acts = prepare_acts(dev, kernels.prepare, h.ptr(), (pairs, inter), vals)?;
-    drop(h);
     let y = dev.alloc(4 * pairs * hidden)?;
     dev.launch(
         down,
@@ -289,7 +273,7 @@ fn few_tokens(
         chunk_threads(&p.down.w),
         &[
             &p.down,
-            &h_acts.ptr(),
+            &h.ptr(),
             &groups.ptr(),
             &(max_active as i32),
             &y.ptr(),
