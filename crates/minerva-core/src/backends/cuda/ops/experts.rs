@@ -280,17 +280,30 @@ fn few_tokens(
             &(hidden as i32),
         ],
     )?;
+    mix_sorted(dev, (y.ptr(), rank), (ids, weights), &p.down, hidden)
+}
+
+/// Each token's output: the sum over its slots of the router weight times (its sorted row of
+/// `y` (`rank[pair]`) + the expert's down bias).
+fn mix_sorted(
+    dev: &Arc<CudaDevice>,
+    (y, rank): (u64, u64),
+    (ids, weights): (&Array, &Array),
+    down: &ExpertRowsArg,
+    hidden: usize,
+) -> Result<Array> {
+    let (tokens, slots) = (ids.dim(0), ids.dim(1));
     let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
     dev.launch(
         "expert_mix_sorted",
         grid_for(tokens * hidden),
         THREADS,
         &[
-            &y.ptr(),
+            &y,
             &rank,
             &ids.device_ptr()?,
             &weights.device_ptr()?,
-            &p.down,
+            down,
             &(tokens as i64),
             &(slots as i32),
             &(hidden as i32),
@@ -446,7 +459,6 @@ fn grouped(
     weights: &Array,
 ) -> Result<Array> {
     let (pairs, inter, hidden) = (sorted.pairs, p.inter, p.hidden);
-    let tokens = pairs / sorted.slots;
     let xs = half_rows(
         dev,
         x.device_ptr()?,
@@ -502,22 +514,12 @@ fn grouped(
         (h.ptr(), y.ptr()),
         |first, to| half_weight(dev, (&p.down.w, dequant), first, (hidden, 1, 0), to),
     )?;
-    let out = Array::empty_cuda(dev, DType::F32, &[tokens, hidden])?;
-    dev.launch(
-        "expert_mix_sorted",
-        grid_for(tokens * hidden),
-        THREADS,
-        &[
-            &y.ptr(),
-            &sorted.rank()?,
-            &sorted.ids.device_ptr()?,
-            &weights.device_ptr()?,
-            &p.down,
-            &(tokens as i64),
-            &(sorted.slots as i32),
-            &(hidden as i32),
-            &out.device_ptr()?,
-        ],
-    )?;
-    Ok(out)
+    let rank = sorted.rank()?;
+    mix_sorted(
+        dev,
+        (y.ptr(), rank),
+        (&sorted.ids, weights),
+        &p.down,
+        hidden,
+    )
 }
