@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long, global = true, env = "MINERVA_DEVICE", default_value = "auto")]
     device: String,
     /// How the KV cache stores keys and values: f16, f32, int8 (8-bit codes, a scale per
-    /// position and head) or int4
+    /// position and head), int4, or keys/values apart: int8/int4 (4-bit values, 8-bit keys)
     #[arg(long, global = true, env = "MINERVA_KV_DTYPE", default_value = "f16")]
     kv_dtype: String,
     /// Worker threads [default: one per CPU]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use minerva_core::Device;
-use minerva_engine::{Engine, KvConfig, KvDType};
+use minerva_engine::{Engine, KvConfig};
 use minerva_models::model_cache::default_model_path;
 
 /// The model and device the global `--model` and `--device` flags name.
@@ -30,9 +30,7 @@ impl ModelChoice {
 
     /// How KV caches store keys and values (`--kv-dtype`).
     pub fn kv_config(&self) -> anyhow::Result<KvConfig> {
-        let dtype =
-            KvDType::parse(&self.kv_dtype).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))?;
-        Ok(KvConfig::with_dtype(dtype))
+        KvConfig::parse(&self.kv_dtype).map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))
     }
 
     /// Loads the model onto the chosen device, with a progress bar on a terminal while

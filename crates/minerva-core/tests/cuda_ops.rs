@@ -764,7 +764,15 @@ fn paged_kv_writes_and_attention() {
         (16, 1, 32, 20, None, true, false),
     ];
     for (heads, kv_heads, head_dim, prompt, window, with_sinks, ring) in cases {
-        for dtype in [KvDType::F32, KvDType::F16, KvDType::Int8, KvDType::Int4] {
+        use KvDType::{Int4, Int8, F16, F32};
+        // Keys and values alike, and int8 keys with int4 values.
+        for (dtype, value_dtype) in [
+            (F32, F32),
+            (F16, F16),
+            (Int8, Int8),
+            (Int4, Int4),
+            (Int8, Int4),
+        ] {
             let capacity = prompt + 40;
             let width = match (ring, window) {
                 (true, Some(w)) => (w + prompt - 1).div_ceil(ps),
@@ -775,10 +783,15 @@ fn paged_kv_writes_and_attention() {
             let mut order: Vec<i32> = (0..pages as i32).rev().collect();
             order.rotate_left(3);
             let tables = Array::from_i32(&order[..2 * width], &[2, width]).unwrap();
-            let pool =
-                |device| KvPages::zeros(dtype, pages, kv_heads, ps, head_dim, device).unwrap();
-            let (mut kc, mut vc, mut kg, mut vg) =
-                (pool(Device::Cpu), pool(Device::Cpu), pool(GPU), pool(GPU));
+            let pool = |dtype, device| {
+                KvPages::zeros(dtype, pages, kv_heads, ps, head_dim, device).unwrap()
+            };
+            let (mut kc, mut vc, mut kg, mut vg) = (
+                pool(dtype, Device::Cpu),
+                pool(value_dtype, Device::Cpu),
+                pool(dtype, GPU),
+                pool(value_dtype, GPU),
+            );
             let sinks = rng.array(&[heads]);
             let sinks_gpu = gpu(&sinks);
             let opts = |s| AttentionOptions {
@@ -824,8 +837,8 @@ fn paged_kv_writes_and_attention() {
                 ops::write_kv_pages(&mut vg, table, &pg, &gpu(&v)).unwrap();
                 let got =
                     ops::paged_attention(&gpu(&q), &kg, &vg, table, &pg, opts(&sinks_gpu)).unwrap();
-                let tolerance = if dtype == KvDType::F32 { 1e-4 } else { 2e-3 };
-                let what = format!("attention {heads}/{kv_heads}x{head_dim} {dtype} window {window:?} ring {ring} runs {runs:?} at {start:?}");
+                let tolerance = if dtype == F32 { 1e-4 } else { 2e-3 };
+                let what = format!("attention {heads}/{kv_heads}x{head_dim} {dtype}/{value_dtype} window {window:?} ring {ring} runs {runs:?} at {start:?}");
                 assert_close(&what, &got, &cpu, tolerance);
                 start = [start[0] + runs[0], start[1] + runs[1]];
             }
@@ -836,7 +849,7 @@ fn paged_kv_writes_and_attention() {
             );
             assert!(
                 pool_bytes(&vg) == pool_bytes(&vc),
-                "{dtype}: written values differ"
+                "{value_dtype}: written values differ"
             );
             // A pool that grows keeps what it held.
             assert!(

@@ -1,6 +1,6 @@
 //! The paged KV cache: every layer's keys and values in fixed-size pages ([`KvPages`], f16 by
-//! default, or f32, int8, int4), and per sequence a table of the pages that hold its
-//! positions. Sequences come and go; their pages return to a free list at once.
+//! default, or f32, int8, int4, keys and values alike or not), and per sequence a table of
+//! the pages that hold its positions. Sequences come and go; their pages return to a free list at once.
 //!
 //! Layers are grouped by what they see: full-attention layers keep every position, so a
 //! sequence's table grows with it; a sliding-window layer only needs its window, so its
@@ -35,7 +35,10 @@ pub const DEFAULT_MAX_PASS_TOKENS: usize = 512;
 /// How the cache stores keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvConfig {
-    pub dtype: KvDType,
+    /// How keys are stored.
+    pub keys: KvDType,
+    /// How values are stored. 4-bit values want 8-bit keys (see [`KvConfig::parse`]).
+    pub values: KvDType,
     pub page_size: usize,
     /// Most tokens one sequence may bring to a forward pass; rings of sliding-window layers
     /// are sized for it (window + this many positions).
@@ -45,7 +48,8 @@ pub struct KvConfig {
 impl Default for KvConfig {
     fn default() -> Self {
         KvConfig {
-            dtype: KvDType::F16,
+            keys: KvDType::F16,
+            values: KvDType::F16,
             page_size: DEFAULT_PAGE_SIZE,
             max_pass_tokens: DEFAULT_MAX_PASS_TOKENS,
         }
@@ -53,11 +57,46 @@ impl Default for KvConfig {
 }
 
 impl KvConfig {
+    /// Keys and values both stored as `dtype`.
     pub fn with_dtype(dtype: KvDType) -> KvConfig {
+        KvConfig::with_dtypes(dtype, dtype)
+    }
+
+    pub fn with_dtypes(keys: KvDType, values: KvDType) -> KvConfig {
         KvConfig {
-            dtype,
+            keys,
+            values,
             ..KvConfig::default()
         }
+    }
+
+    /// `DTYPE` for keys and values (`f16`, `int8`, ...) or `KEYS/VALUES`. `int8/int4` is the
+    /// 4-bit cache that keeps its accuracy: a few large key channels set each key row's
+    /// range, too wide for a 4-bit step (int4 keys cost SmolLM2-135M +14.5% perplexity, int4
+    /// values +0.9%; see `minerva_core::kv_pages`).
+    pub fn parse(spec: &str) -> Result<KvConfig> {
+        let (keys, values) = spec.split_once('/').unwrap_or((spec, spec));
+        match (KvDType::parse(keys), KvDType::parse(values)) {
+            (Ok(keys), Ok(values)) => Ok(KvConfig::with_dtypes(keys, values)),
+            _ => Err(Error::Unsupported(format!(
+                "KV cache dtype '{spec}' (expected f16, f32, int8, int4, or keys/values apart \
+                 such as int8/int4)"
+            ))),
+        }
+    }
+
+    /// The storage as [`KvConfig::parse`] spells it.
+    pub fn dtype_name(&self) -> String {
+        if self.keys == self.values {
+            self.keys.name().to_string()
+        } else {
+            format!("{}/{}", self.keys, self.values)
+        }
+    }
+
+    /// Bytes of one position's keys and values in one KV head.
+    fn row_pair_bytes(&self, head_dim: usize) -> usize {
+        self.keys.row_bytes(head_dim) + self.values.row_bytes(head_dim)
     }
 }
 
@@ -206,9 +245,9 @@ impl PagedKvCache {
         let layers = group_of
             .iter()
             .map(|&g| {
-                let pool = || {
+                let pool = |dtype| {
                     KvPages::zeros(
-                        config.dtype,
+                        dtype,
                         groups[g].pages,
                         info.kv_heads,
                         ps,
@@ -216,7 +255,7 @@ impl PagedKvCache {
                         info.device,
                     )
                 };
-                Ok((pool()?, pool()?, g))
+                Ok((pool(config.keys)?, pool(config.values)?, g))
             })
             .collect::<Result<_>>()?;
         Ok(PagedKvCache {
@@ -264,11 +303,11 @@ impl PagedKvCache {
     /// Bytes one sequence of `len` tokens holds in a cache of `config` for `info`'s layers:
     /// its pages in every layer (those of a window's pass at most), parameters included.
     pub fn sequence_bytes(info: &ModelInfo, config: KvConfig, len: usize) -> usize {
-        let row = config.dtype.row_bytes(info.head_dim) * info.kv_heads;
+        let rows = config.row_pair_bytes(info.head_dim) * info.kv_heads;
         let ps = config.page_size.max(1);
         layer_tables(info, len.max(1), config)
             .into_iter()
-            .map(|(_, live)| 2 * row * ps * len.div_ceil(ps).min(live))
+            .map(|(_, live)| rows * ps * len.div_ceil(ps).min(live))
             .sum()
     }
 
@@ -980,5 +1019,19 @@ mod tests {
         // Within its window all is there.
         run(&mut cache, a, 40);
         assert_eq!(cache.truncate(a, 30), 30);
+    }
+
+    #[test]
+    fn kv_configs_parse_alike_or_apart() {
+        let int4 = KvConfig::parse("int4").unwrap();
+        assert_eq!((int4.keys, int4.values), (KvDType::Int4, KvDType::Int4));
+        assert_eq!(int4.dtype_name(), "int4");
+        let mixed = KvConfig::parse("int8/int4").unwrap();
+        assert_eq!((mixed.keys, mixed.values), (KvDType::Int8, KvDType::Int4));
+        assert_eq!(mixed.dtype_name(), "int8/int4");
+        // A row of 64 values: int8 keys 64 + 2 bytes, int4 values 32 + 4.
+        assert_eq!(mixed.row_pair_bytes(64), 66 + 36);
+        assert!(KvConfig::parse("int8/").is_err());
+        assert!(KvConfig::parse("int3").is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use minerva_core::KvDType;
+use minerva_core::KvDType::{Int4, Int8, F16, F32};
 use minerva_engine::{KvConfig, PagedKvCache};
 use minerva_models::load_model;
 
@@ -16,20 +16,28 @@ pub(super) fn kv_memory(path: &Path, json: bool) -> anyhow::Result<()> {
     let info = model.info();
     let gb = |b: usize| b as f64 / 1e9;
     let mut rows = Vec::new();
-    for dtype in [KvDType::F32, KvDType::F16, KvDType::Int8, KvDType::Int4] {
-        let config = KvConfig::with_dtype(dtype);
+    // Keys and values alike, then int8 keys with int4 values (see `minerva_core::kv_pages`).
+    let dtypes = [
+        (F32, F32),
+        (F16, F16),
+        (Int8, Int8),
+        (Int4, Int4),
+        (Int8, Int4),
+    ];
+    for (keys, values) in dtypes {
+        let config = KvConfig::with_dtypes(keys, values);
         let at = CONTEXTS.map(|len| PagedKvCache::sequence_bytes(info, config, len));
         // Per token at the longest context: what each further page of tokens adds (the
         // rings are full by then).
         let next = PagedKvCache::sequence_bytes(info, config, CONTEXTS[2] + config.page_size);
-        rows.push((dtype, (next - at[2]) / config.page_size, at));
+        rows.push((config.dtype_name(), (next - at[2]) / config.page_size, at));
     }
     if json {
         let rows: Vec<_> = rows
             .iter()
             .map(|(dtype, per_token, at)| {
                 serde_json::json!({
-                    "kv_dtype": dtype.name(),
+                    "kv_dtype": dtype,
                     "bytes_per_token": per_token,
                     "bytes_at": CONTEXTS.iter().zip(at).map(|(c, b)| (c.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
                 })
@@ -50,13 +58,13 @@ pub(super) fn kv_memory(path: &Path, json: bool) -> anyhow::Result<()> {
         info.context_length
     );
     println!(
-        "{:<6} {:>14} {:>10} {:>10} {:>10}",
+        "{:<9} {:>14} {:>10} {:>10} {:>10}",
         "dtype", "bytes/token", "8k", "32k", "128k"
     );
     for (dtype, per_token, at) in rows {
         println!(
-            "{:<6} {:>14} {:>9.3}G {:>9.3}G {:>9.3}G",
-            dtype.name(),
+            "{:<9} {:>14} {:>9.3}G {:>9.3}G {:>9.3}G",
+            dtype,
             per_token,
             gb(at[0]),
             gb(at[1]),

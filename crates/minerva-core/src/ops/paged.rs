@@ -7,7 +7,7 @@ use super::{expect_f32, on_gpu, shape_err, AttentionOptions};
 use crate::backends::cpu::attention::{self as cpu_attention, AttentionArgs};
 use crate::backends::cpu::kv_rows::{KvRows, KvRowsMut};
 use crate::backends::cuda::ops as gpu;
-use crate::{Array, DType, KvDType, KvPages, PageTable, Result};
+use crate::{Array, DType, Error, KvDType, KvPages, PageTable, Result};
 
 /// The checked sizes of a table, on any device.
 struct TableDims {
@@ -193,15 +193,7 @@ pub fn paged_attention(
         return shape_err(format!("paged_attention: q {:?}", q.shape()));
     };
     let kv_heads = k.kv_heads();
-    let same = |a: &KvPages| {
-        (
-            a.dtype(),
-            a.pages(),
-            a.kv_heads(),
-            a.page_size(),
-            a.head_dim(),
-        )
-    };
+    let same = |a: &KvPages| (a.pages(), a.kv_heads(), a.page_size(), a.head_dim());
     if same(k) != same(v) || k.head_dim() != head_dim || heads % kv_heads != 0 {
         return shape_err(format!(
             "paged_attention: q {:?} over {} pages of {kv_heads} heads x {} (keys) / {} (values)",
@@ -210,6 +202,15 @@ pub fn paged_attention(
             k.head_dim(),
             v.head_dim()
         ));
+    }
+    // Keys and values may be stored differently (int8 keys with int4 values: see
+    // `kv_pages`), as long as both products round to f16 or neither does.
+    if k.dtype().half_products() != v.dtype().half_products() {
+        return Err(Error::Unsupported(format!(
+            "paged attention over {} keys and {} values",
+            k.dtype(),
+            v.dtype()
+        )));
     }
     if let Some(s) = opts.sinks.filter(|s| s.shape() != [heads]) {
         return shape_err(format!(
@@ -292,8 +293,12 @@ mod tests {
         Array::from_i32(v, &[v.len()]).unwrap()
     }
 
-    fn pool(dtype: KvDType, pages: usize, kv_heads: usize, ps: usize, d: usize) -> [KvPages; 2] {
-        [0, 1].map(|_| KvPages::zeros(dtype, pages, kv_heads, ps, d, crate::Device::Cpu).unwrap())
+    fn pages(dtype: KvDType, pages: usize, kv_heads: usize, ps: usize, d: usize) -> KvPages {
+        KvPages::zeros(dtype, pages, kv_heads, ps, d, crate::Device::Cpu).unwrap()
+    }
+
+    fn pool(dtype: KvDType, n: usize, kv_heads: usize, ps: usize, d: usize) -> [KvPages; 2] {
+        [0, 1].map(|_| pages(dtype, n, kv_heads, ps, d))
     }
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
@@ -358,7 +363,7 @@ mod tests {
     /// through pools laid out by `tables` (`[seqs, width]`), then attends queries at each
     /// sequence's last `tail` positions; returns the outputs per sequence.
     fn run_batch(
-        dtype: KvDType,
+        (key_dtype, value_dtype): (KvDType, KvDType),
         tables: &[i32],
         width: usize,
         (lens, seeds): (&[usize], &[f32]),
@@ -366,7 +371,8 @@ mod tests {
         window: Option<usize>,
     ) -> Vec<Vec<f32>> {
         let (heads, kv_heads, d, ps) = (4, 2, 8, 4);
-        let [mut k, mut v] = pool(dtype, 16, kv_heads, ps, d);
+        let mut k = pages(key_dtype, 16, kv_heads, ps, d);
+        let mut v = pages(value_dtype, 16, kv_heads, ps, d);
         let tables = Array::from_i32(tables, &[lens.len(), width]).unwrap();
         let sinks = arr(&[0.5, -1.0, 0.0, 2.0], &[heads]);
         let opts = AttentionOptions {
@@ -436,19 +442,26 @@ mod tests {
 
     #[test]
     fn a_sequence_attends_the_same_alone_or_in_a_batch_and_on_any_pages() {
-        for dtype in [KvDType::F32, KvDType::F16, KvDType::Int8, KvDType::Int4] {
+        use KvDType::{Int4, Int8, F16, F32};
+        for dtypes in [
+            (F32, F32),
+            (F16, F16),
+            (Int8, Int8),
+            (Int4, Int4),
+            (Int8, Int4),
+        ] {
             // Alone, on pages 0, 1, 2, ...
-            let alone = run_batch(dtype, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+            let alone = run_batch(dtypes, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
             // Beside two others, on scattered pages.
             let batch = run_batch(
-                dtype,
+                dtypes,
                 &[9, 2, 14, 5, 0, 1, 3, 4, 6, 7, 8, 10],
                 4,
                 (&[11, 13, 6], &[0.0, 1.0, 2.0]),
                 3,
                 None,
             );
-            assert_eq!(batch[1], alone[0], "{dtype}");
+            assert_eq!(batch[1], alone[0], "{dtypes:?}");
         }
     }
 
@@ -456,8 +469,9 @@ mod tests {
     fn a_ring_of_pages_serves_a_sliding_window() {
         // Window 5 over 13 positions: a ring of 3 pages of 4 (12 >= 5 + 3 - 1 positions in a
         // pass) gives the same as the full table.
-        let full = run_batch(KvDType::F32, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, Some(5));
-        let ring = run_batch(KvDType::F32, &[7, 3, 11], 3, (&[13], &[1.0]), 3, Some(5));
+        let f32s = (KvDType::F32, KvDType::F32);
+        let full = run_batch(f32s, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, Some(5));
+        let ring = run_batch(f32s, &[7, 3, 11], 3, (&[13], &[1.0]), 3, Some(5));
         assert_eq!(ring, full);
         // Without a window the ring is too small, and that is an error.
         let [k, v] = pool(KvDType::F32, 4, 1, 4, 2);
@@ -479,17 +493,46 @@ mod tests {
 
     #[test]
     fn quantized_caches_stay_close_to_f16() {
-        let f16s = run_batch(KvDType::F16, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
-        for (dtype, bound) in [(KvDType::Int8, 0.02), (KvDType::Int4, 0.2)] {
-            let q = run_batch(dtype, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+        use KvDType::{Int4, Int8, F16};
+        let f16s = run_batch((F16, F16), &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
+        // int8 keys with int4 values: the values' 4-bit step is what is left.
+        let cases = [
+            ((Int8, Int8), 0.02),
+            ((Int4, Int4), 0.2),
+            ((Int8, Int4), 0.2),
+        ];
+        for (dtypes, bound) in cases {
+            let q = run_batch(dtypes, &[0, 1, 2, 3], 4, (&[13], &[1.0]), 3, None);
             let err = q[0]
                 .iter()
                 .zip(&f16s[0])
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             let scale = f16s[0].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(err <= bound * scale, "{dtype}: {err} of {scale}");
-            assert!(err > 0.0, "{dtype} quantizes");
+            assert!(err <= bound * scale, "{dtypes:?}: {err} of {scale}");
+            assert!(err > 0.0, "{dtypes:?} quantizes");
         }
+    }
+
+    #[test]
+    fn keys_and_values_round_their_products_alike() {
+        let (k, v) = (
+            pages(KvDType::F32, 1, 1, 2, 2),
+            pages(KvDType::F16, 1, 1, 2, 2),
+        );
+        let tables = Array::from_i32(&[0], &[1, 1]).unwrap();
+        let seq = ids(&[0]);
+        let table = PageTable {
+            tables: &tables,
+            seq_of: &seq,
+            runs: &[1],
+        };
+        let opts = AttentionOptions {
+            scale: 1.0,
+            window: None,
+            sinks: None,
+        };
+        let q = arr(&[0.0; 2], &[1, 1, 2]);
+        assert!(paged_attention(&q, &k, &v, table, &ids(&[0]), opts).is_err());
     }
 }

@@ -110,7 +110,8 @@ extern "C" __global__ void write_kv_pages(void* codes, u16* params, const float*
     }
 }
 
-template <int D, int GMAX, int KIND>
+// KK and VK: how keys and values are stored (int8 keys with int4 values, or both alike).
+template <int D, int GMAX, int KK, int VK>
 __device__ __forceinline__ void attn_partial_body(
     const float* __restrict__ q, const void* kc, const u16* kp, const void* vc, const u16* vp,
     const int* __restrict__ positions, const int* __restrict__ seq_of,
@@ -129,7 +130,7 @@ __device__ __forceinline__ void attn_partial_body(
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
     const int chunk = (p + 1 - lo + splits - 1) / splits;
     const int start = lo + split * chunk, end = min(p + 1, start + chunk);
-    constexpr bool HALF = KIND != KV_F32;
+    constexpr bool HALF = KK != KV_F32;  // the host checks that VK agrees
 
     float qr[GMAX][D], acc[GMAX][D], m[GMAX], l[GMAX];
 #pragma unroll
@@ -154,8 +155,8 @@ __device__ __forceinline__ void attn_partial_body(
         for (int b = 0; b < ATTN_BATCH; b++) {
             const int j = min(j0 + b, end - 1);  // past `end`: not used
             const i64 row = kv_row(tables, seq, width, j, page_size, kv_heads, h, pages);
-            load_kv_row<D, KIND>(kc, kp, row, lane, HD, kr[b]);
-            load_kv_row<D, KIND>(vc, vp, row, lane, HD, vr[b]);
+            load_kv_row<D, KK>(kc, kp, row, lane, HD, kr[b]);
+            load_kv_row<D, VK>(vc, vp, row, lane, HD, vr[b]);
         }
 #pragma unroll
         for (int b = 0; b < ATTN_BATCH; b++) {
@@ -235,23 +236,24 @@ extern "C" __global__ void attn_combine(const float* part_acc, const float* part
     out[row * head_dim + d] = a / ls;
 }
 
-#define ATTN_KERNEL(D, GMAX, KIND, NAME)                                                         \
+#define ATTN_KERNEL(D, GMAX, KK, VK, NAME)                                                       \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                \
         attn_partial_d##D##_g##GMAX##_##NAME(                                                    \
             const float* q, const void* kc, const u16* kp, const void* vc, const u16* vp,        \
             const int* positions, const int* seq_of, const int* tables, float* part_acc,         \
             float* part_ml, int heads, int kv_heads, int page_size, int width, int pages,        \
             int head_dim, int window, float scale) {                                             \
-        attn_partial_body<D, GMAX, KIND>(q, kc, kp, vc, vp, positions, seq_of, tables, part_acc, \
-                                         part_ml, heads, kv_heads, page_size, width, pages,      \
-                                         head_dim, window, scale);                               \
+        attn_partial_body<D, GMAX, KK, VK>(q, kc, kp, vc, vp, positions, seq_of, tables,         \
+                                           part_acc, part_ml, heads, kv_heads, page_size, width, \
+                                           pages, head_dim, window, scale);                      \
     }
 
-#define ATTN_KERNELS(D, GMAX)           \
-    ATTN_KERNEL(D, GMAX, KV_F32, f32)   \
-    ATTN_KERNEL(D, GMAX, KV_F16, f16)   \
-    ATTN_KERNEL(D, GMAX, KV_Q8, int8)   \
-    ATTN_KERNEL(D, GMAX, KV_Q4, int4)
+#define ATTN_KERNELS(D, GMAX)                  \
+    ATTN_KERNEL(D, GMAX, KV_F32, KV_F32, f32)  \
+    ATTN_KERNEL(D, GMAX, KV_F16, KV_F16, f16)  \
+    ATTN_KERNEL(D, GMAX, KV_Q8, KV_Q8, int8)   \
+    ATTN_KERNEL(D, GMAX, KV_Q4, KV_Q4, int4)   \
+    ATTN_KERNEL(D, GMAX, KV_Q8, KV_Q4, int8_int4)
 
 ATTN_KERNELS(1, 4)
 ATTN_KERNELS(1, 8)
@@ -309,7 +311,7 @@ __device__ __forceinline__ uint4 kv_eight_f16(const void* codes, const u16* para
     return make_uint4(h[0], h[1], h[2], h[3]);
 }
 
-template <int D, int KIND>
+template <int D, int KK, int VK>
 __device__ __forceinline__ void attn_prompt_body(
     const float* __restrict__ q, const void* kc, const u16* kp, const void* vc, const u16* vp,
     const int* __restrict__ positions, const int* __restrict__ seq_of,
@@ -372,8 +374,8 @@ __device__ __forceinline__ void attn_prompt_body(
             uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
             if (j < hi) {
                 const i64 kr = kv_row(tables, seq, width, j, page_size, kv_heads, kvh, pages);
-                kv = kv_eight_f16<D, KIND>(kc, kp, kr, c);
-                vv = kv_eight_f16<D, KIND>(vc, vp, kr, c);
+                kv = kv_eight_f16<D, KK>(kc, kp, kr, c);
+                vv = kv_eight_f16<D, VK>(vc, vp, kr, c);
             }
             *(uint4*)(ks + r * KP + c) = kv;
             const u16* vh = (const u16*)&vv;
@@ -459,21 +461,22 @@ __device__ __forceinline__ void attn_prompt_body(
     }
 }
 
-#define ATTN_PROMPT_KERNEL(D, KIND, NAME)                                                      \
+#define ATTN_PROMPT_KERNEL(D, KK, VK, NAME)                                                    \
     extern "C" __global__ void __launch_bounds__(128) attn_prompt_d##D##_##NAME(               \
         const float* q, const void* kc, const u16* kp, const void* vc, const u16* vp,          \
         const int* positions, const int* seq_of, const int* tables, const float* sinks,        \
         float* out, int tokens, int heads, int kv_heads, int page_size, int width, int pages,  \
         int window, float scale) {                                                             \
-        attn_prompt_body<D, KIND>(q, kc, kp, vc, vp, positions, seq_of, tables, sinks, out,    \
-                                  tokens, heads, kv_heads, page_size, width, pages, window,    \
-                                  scale);                                                      \
+        attn_prompt_body<D, KK, VK>(q, kc, kp, vc, vp, positions, seq_of, tables, sinks, out,  \
+                                    tokens, heads, kv_heads, page_size, width, pages, window,  \
+                                    scale);                                                    \
     }
 
-#define ATTN_PROMPT_KERNELS(D)             \
-    ATTN_PROMPT_KERNEL(D, KV_F16, f16)     \
-    ATTN_PROMPT_KERNEL(D, KV_Q8, int8)     \
-    ATTN_PROMPT_KERNEL(D, KV_Q4, int4)
+#define ATTN_PROMPT_KERNELS(D)                   \
+    ATTN_PROMPT_KERNEL(D, KV_F16, KV_F16, f16)   \
+    ATTN_PROMPT_KERNEL(D, KV_Q8, KV_Q8, int8)    \
+    ATTN_PROMPT_KERNEL(D, KV_Q4, KV_Q4, int4)    \
+    ATTN_PROMPT_KERNEL(D, KV_Q8, KV_Q4, int8_int4)
 
 ATTN_PROMPT_KERNELS(16)
 ATTN_PROMPT_KERNELS(32)

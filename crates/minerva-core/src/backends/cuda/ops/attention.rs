@@ -78,16 +78,31 @@ pub(crate) fn write_kv_pages(
     )
 }
 
-/// The tensor-core prompt kernel for `head_dim` and `dtype`, where there is one.
-fn prompt_kernel(head_dim: usize, dtype: KvDType) -> Option<&'static str> {
+/// The name of a kernel that reads keys and values stored as `storage` (both alike, or int8
+/// keys with int4 values; `kv_pages` says why those two), or `$unbuilt` for other pairs.
+macro_rules! by_storage {
+    ($storage:expr, $unbuilt:expr, $($name:literal),+) => {{
+        use KvDType::{Int4, Int8, F16, F32};
+        match $storage {
+            (F32, F32) => concat!($($name),+, "_f32"),
+            (F16, F16) => concat!($($name),+, "_f16"),
+            (Int8, Int8) => concat!($($name),+, "_int8"),
+            (Int4, Int4) => concat!($($name),+, "_int4"),
+            (Int8, Int4) => concat!($($name),+, "_int8_int4"),
+            _ => $unbuilt,
+        }
+    }};
+}
+
+/// The tensor-core prompt kernel for `head_dim` and `storage` (keys, values), where there is
+/// one (not over f32).
+fn prompt_kernel(head_dim: usize, storage: (KvDType, KvDType)) -> Option<&'static str> {
+    if storage.0 == KvDType::F32 {
+        return None;
+    }
     macro_rules! pick {
         ($d:literal) => {
-            match dtype {
-                KvDType::F16 => concat!("attn_prompt_d", $d, "_f16"),
-                KvDType::Int8 => concat!("attn_prompt_d", $d, "_int8"),
-                KvDType::Int4 => concat!("attn_prompt_d", $d, "_int4"),
-                KvDType::F32 => return None,
-            }
+            by_storage!(storage, return None, "attn_prompt_d", $d)
         };
     }
     Some(match head_dim {
@@ -99,16 +114,29 @@ fn prompt_kernel(head_dim: usize, dtype: KvDType) -> Option<&'static str> {
     })
 }
 
-/// The split-over-keys kernel for `head_dim`, `group` query heads per KV head and `dtype`.
-fn split_kernel(head_dim: usize, group: usize, dtype: KvDType) -> Result<&'static str> {
+/// The split-over-keys kernel for `head_dim`, `group` query heads per KV head and `storage`
+/// (keys, values).
+fn split_kernel(
+    head_dim: usize,
+    group: usize,
+    storage: (KvDType, KvDType),
+) -> Result<&'static str> {
+    let unbuilt = || {
+        Error::Unsupported(format!(
+            "attention over {} keys and {} values on CUDA",
+            storage.0, storage.1
+        ))
+    };
     macro_rules! by_kind {
         ($d:literal, $g:literal) => {
-            match dtype {
-                KvDType::F32 => concat!("attn_partial_d", $d, "_g", $g, "_f32"),
-                KvDType::F16 => concat!("attn_partial_d", $d, "_g", $g, "_f16"),
-                KvDType::Int8 => concat!("attn_partial_d", $d, "_g", $g, "_int8"),
-                KvDType::Int4 => concat!("attn_partial_d", $d, "_g", $g, "_int4"),
-            }
+            by_storage!(
+                storage,
+                return Err(unbuilt()),
+                "attn_partial_d",
+                $d,
+                "_g",
+                $g
+            )
         };
     }
     macro_rules! pick {
@@ -206,8 +234,9 @@ pub(crate) fn paged_attention(
         pages: k.pages(),
         opts,
     };
-    let flash = prompt_kernel(head_dim, k.dtype());
-    let split = split_kernel(head_dim, heads / call.kv_heads, k.dtype())?;
+    let storage = (k.dtype(), v.dtype());
+    let flash = prompt_kernel(head_dim, storage);
+    let split = split_kernel(head_dim, heads / call.kv_heads, storage)?;
     // Runs of consecutive sequences that go to the split kernel, launched together.
     let mut pending: Option<(usize, usize)> = None;
     let mut at = 0;
