@@ -6,6 +6,11 @@
 //! in each window the first half is context only and every token of the second half is
 //! scored by the model's prediction from all tokens before it. ppl = exp(mean negative
 //! log-likelihood of the scored tokens).
+//!
+//! `--against f16` also runs every window over a second KV cache stored that way and compares
+//! the scored predictions: how often the top token is the same (greedy agreement) and the
+//! mean KL divergence of the reference's distribution to this one's, as llama.cpp's
+//! `--kl-divergence` reports them.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,6 +36,17 @@ pub struct PerplexityArgs {
     /// Print one JSON line: {"ppl": .., "tokens": .., ...}
     #[arg(long)]
     pub json: bool,
+    /// Also run over a KV cache stored as this (e.g. f16) and report how often the top token
+    /// agrees and the mean KL divergence from it
+    #[arg(long, value_name = "KV_DTYPE")]
+    pub against: Option<String>,
+}
+
+/// How the scored predictions compare with the reference cache's.
+#[derive(Default)]
+struct Agreement {
+    same_top: usize,
+    kl: f64,
 }
 
 /// Tokens run through the model at once; bounds the logits held in memory.
@@ -64,31 +80,53 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
     );
     let start = Instant::now();
     let (mut nll, mut scored) = (0f64, 0usize);
-    let mut cache = SequenceCache::with_config(
-        model.info(),
-        Some(args.ctx),
-        KvConfig {
-            // Each window runs in one pass.
-            max_pass_tokens: args.ctx,
-            ..engine.kv_config()
-        },
-    )?;
+    let new_cache = |kv: KvConfig| {
+        SequenceCache::with_config(
+            model.info(),
+            Some(args.ctx),
+            KvConfig {
+                // Each window runs in one pass.
+                max_pass_tokens: args.ctx,
+                ..kv
+            },
+        )
+    };
+    let mut cache = new_cache(engine.kv_config())?;
+    let mut reference = match &args.against {
+        Some(spec) => {
+            let kv = KvConfig::parse(spec).map_err(|e| anyhow::anyhow!("--against: {e}"))?;
+            Some((new_cache(kv)?, Agreement::default()))
+        }
+        None => None,
+    };
     for w in 0..windows {
         let mut window = tokens[w * args.ctx..(w + 1) * args.ctx].to_vec();
         if let Some(bos) = bos {
             window[0] = bos;
         }
         cache.truncate(0);
+        if let Some((c, _)) = &mut reference {
+            c.truncate(0);
+        }
         let first_scored = args.ctx / 2;
         for (b, batch) in window.chunks(BATCH).enumerate() {
             // Context-only batches need no logits (the lm_head is much of a small model's work).
-            if (b + 1) * BATCH <= first_scored {
-                forward(model, batch, &mut cache, Logits::Last)?;
+            let wanted = if (b + 1) * BATCH <= first_scored {
+                Logits::Last
+            } else {
+                Logits::All
+            };
+            let logits = forward(model, batch, &mut cache, wanted)?;
+            let ref_logits = match &mut reference {
+                Some((c, _)) => Some(forward(model, batch, c, wanted)?),
+                None => None,
+            };
+            if wanted == Logits::Last {
                 continue;
             }
-            let logits = forward(model, batch, &mut cache, Logits::All)?;
             let logits = logits.as_f32()?;
             let vocab = logits.len() / batch.len();
+            let ref_logits = ref_logits.as_ref().map(|l| l.as_f32()).transpose()?;
             for (i, row) in logits.chunks(vocab).enumerate() {
                 let pos = b * BATCH + i;
                 if pos < first_scored || pos + 1 >= window.len() {
@@ -96,6 +134,9 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
                 }
                 nll += negative_log_likelihood(row, window[pos + 1] as usize)?;
                 scored += 1;
+                if let (Some((_, agreement)), Some(r)) = (&mut reference, &ref_logits) {
+                    agreement.add(&r[i * vocab..(i + 1) * vocab], row);
+                }
             }
         }
         if !args.json {
@@ -108,18 +149,32 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
     }
     let ppl = (nll / scored as f64).exp();
     let seconds = start.elapsed().as_secs_f64();
+    // (reference, share of top tokens that agree, mean KL divergence)
+    let compared = reference
+        .as_ref()
+        .zip(args.against.as_deref())
+        .map(|((_, a), spec)| {
+            (
+                spec,
+                a.same_top as f64 / scored as f64,
+                a.kl / scored as f64,
+            )
+        });
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "ppl": ppl,
-                "tokens": tokens.len(),
-                "scored": scored,
-                "ctx": args.ctx,
-                "windows": windows,
-                "seconds": seconds,
-            })
-        );
+        let mut line = serde_json::json!({
+            "ppl": ppl,
+            "tokens": tokens.len(),
+            "scored": scored,
+            "ctx": args.ctx,
+            "windows": windows,
+            "seconds": seconds,
+        });
+        if let Some((spec, same_top, kl)) = compared {
+            line["against"] = spec.into();
+            line["same_top"] = same_top.into();
+            line["mean_kl"] = kl.into();
+        }
+        println!("{line}");
     } else {
         eprintln!();
         println!(
@@ -128,8 +183,53 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
             args.ctx,
             (windows * args.ctx) as f64 / seconds
         );
+        if let Some((spec, same_top, kl)) = compared {
+            println!(
+                "against a {spec} KV cache: same top token {:.2}%, mean KL divergence {kl:.6}",
+                100.0 * same_top
+            );
+        }
     }
     Ok(())
+}
+
+impl Agreement {
+    /// Compares one scored position's logits with the reference's.
+    fn add(&mut self, reference: &[f32], row: &[f32]) {
+        self.same_top += (argmax(reference) == argmax(row)) as usize;
+        self.kl += kl_divergence(reference, row);
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// log-softmax of a row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let log_sum = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    row.iter().map(|&x| x as f64 - log_sum).collect()
+}
+
+/// KL(p || q) of the distributions softmax(p_logits), softmax(q_logits).
+fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (p, q) = (log_softmax(p_logits), log_softmax(q_logits));
+    p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
 }
 
 /// -log softmax(row)[target], in f64 so long sums stay exact enough.
@@ -155,5 +255,19 @@ mod tests {
         let peaked = [0.0, 30.0, 0.0];
         assert!(negative_log_likelihood(&peaked, 1).unwrap() < 1e-12);
         assert!(negative_log_likelihood(&peaked, 3).is_err());
+    }
+
+    #[test]
+    fn agreement_of_equal_and_different_rows() {
+        let mut a = Agreement::default();
+        a.add(&[0.0, 2.0, 1.0], &[0.0, 2.0, 1.0]);
+        assert_eq!(a.same_top, 1);
+        assert!(a.kl.abs() < 1e-12);
+        a.add(&[0.0, 2.0, 1.0], &[0.0, 1.0, 2.0]);
+        assert_eq!(a.same_top, 1);
+        // KL of softmax([0,2,1]) to softmax([0,1,2]) = (p1 - p2) * 1 with p ∝ (1, e^2, e).
+        let z = 1.0 + 2f64.exp() + 1f64.exp();
+        let expected = (2f64.exp() - 1f64.exp()) / z;
+        assert!((a.kl - expected).abs() < 1e-9, "{}", a.kl);
     }
 }
