@@ -287,8 +287,9 @@ fn roofline(
                 println!("decode step: 1 CUDA graph launch of {nodes} operations");
             }
         }
-        // The f16 cache holds 2 bytes per value; the middle of the run stands for it.
-        let bytes = model.decode_bytes(context + gen_tokens / 2, 2) as f64;
+        // The middle of the run stands for it.
+        let row_pair = kv.row_pair_bytes(model.info().head_dim);
+        let bytes = model.decode_bytes(context + gen_tokens / 2, row_pair) as f64;
         let limit = bandwidth * 1e9 / bytes;
         println!(
             "decode at {context} context: {rate:.1} tok/s, {:.3} GB read per token, limit {limit:.0} tok/s, {:.0}% of it",

@@ -95,7 +95,7 @@ impl KvConfig {
     }
 
     /// Bytes of one position's keys and values in one KV head.
-    fn row_pair_bytes(&self, head_dim: usize) -> usize {
+    pub fn row_pair_bytes(&self, head_dim: usize) -> usize {
         self.keys.row_bytes(head_dim) + self.values.row_bytes(head_dim)
     }
 }

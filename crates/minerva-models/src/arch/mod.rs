@@ -62,8 +62,9 @@ pub trait CausalLm: Send + Sync {
 
     /// Bytes one decoded token reads at `context` tokens: every weight it uses (one
     /// embedding row, only the chosen experts) plus the keys and values it attends over,
-    /// stored at `kv_value_bytes` each. Over memory bandwidth, the decode speed limit.
-    fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64;
+    /// `kv_row_pair_bytes` per position and KV head (a key row and a value row as the cache
+    /// stores them). Over memory bandwidth, the decode speed limit.
+    fn decode_bytes(&self, context: usize, kv_row_pair_bytes: usize) -> u64;
 
     /// Moves every weight to `device`, calling `progress(bytes_done, bytes_total)` as it goes.
     fn to_device(&mut self, device: Device, progress: &mut dyn FnMut(u64, u64)) -> Result<()>;
@@ -100,8 +101,8 @@ macro_rules! decoder_causal_lm {
                 self.decoder.device()
             }
 
-            fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64 {
-                self.decoder.decode_bytes(context, kv_value_bytes)
+            fn decode_bytes(&self, context: usize, kv_row_pair_bytes: usize) -> u64 {
+                self.decoder.decode_bytes(context, kv_row_pair_bytes)
             }
 
             fn to_device(
@@ -253,7 +254,7 @@ impl<F: FeedForward> Decoder<F> {
     }
 
     /// See [`CausalLm::decode_bytes`].
-    pub fn decode_bytes(&self, context: usize, kv_value_bytes: usize) -> u64 {
+    pub fn decode_bytes(&self, context: usize, kv_row_pair_bytes: usize) -> u64 {
         let embed_row = bytes_of([&self.embed]) / self.embed.dim(0) as u64;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let blocks: u64 = self
@@ -262,7 +263,7 @@ impl<F: FeedForward> Decoder<F> {
             .map(|b| {
                 let attn = &b.attn;
                 let seen = attn.window.map_or(context, |w| w.min(context));
-                let kv = 2 * attn.kv_heads * attn.head_dim * seen * kv_value_bytes;
+                let kv = attn.kv_heads * seen * kv_row_pair_bytes;
                 bytes_of([&b.attn_norm, &b.mlp_norm])
                     + attn.weight_bytes()
                     + b.ffn.decode_bytes()
