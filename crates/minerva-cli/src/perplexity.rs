@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::Args;
+use minerva_engine::sampler::argmax;
 use minerva_engine::{forward, KvConfig, SequenceCache};
 use minerva_models::Logits;
 
@@ -92,10 +93,11 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
         )
     };
     let mut cache = new_cache(engine.kv_config())?;
+    // (its spelling, the reference cache, how the predictions compare so far)
     let mut reference = match &args.against {
         Some(spec) => {
             let kv = KvConfig::parse(spec).map_err(|e| anyhow::anyhow!("--against: {e}"))?;
-            Some((new_cache(kv)?, Agreement::default()))
+            Some((spec, new_cache(kv)?, Agreement::default()))
         }
         None => None,
     };
@@ -105,7 +107,7 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
             window[0] = bos;
         }
         cache.truncate(0);
-        if let Some((c, _)) = &mut reference {
+        if let Some((_, c, _)) = &mut reference {
             c.truncate(0);
         }
         let first_scored = args.ctx / 2;
@@ -118,7 +120,7 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
             };
             let logits = forward(model, batch, &mut cache, wanted)?;
             let ref_logits = match &mut reference {
-                Some((c, _)) => Some(forward(model, batch, c, wanted)?),
+                Some((_, c, _)) => Some(forward(model, batch, c, wanted)?),
                 None => None,
             };
             if wanted == Logits::Last {
@@ -134,7 +136,7 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
                 }
                 nll += negative_log_likelihood(row, window[pos + 1] as usize)?;
                 scored += 1;
-                if let (Some((_, agreement)), Some(r)) = (&mut reference, &ref_logits) {
+                if let (Some((_, _, agreement)), Some(r)) = (&mut reference, &ref_logits) {
                     agreement.add(&r[i * vocab..(i + 1) * vocab], row);
                 }
             }
@@ -150,16 +152,13 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
     let ppl = (nll / scored as f64).exp();
     let seconds = start.elapsed().as_secs_f64();
     // (reference, share of top tokens that agree, mean KL divergence)
-    let compared = reference
-        .as_ref()
-        .zip(args.against.as_deref())
-        .map(|((_, a), spec)| {
-            (
-                spec,
-                a.same_top as f64 / scored as f64,
-                a.kl / scored as f64,
-            )
-        });
+    let compared = reference.as_ref().map(|(spec, _, a)| {
+        (
+            spec,
+            a.same_top as f64 / scored as f64,
+            a.kl / scored as f64,
+        )
+    });
     if args.json {
         let mut line = serde_json::json!({
             "ppl": ppl,
@@ -170,7 +169,7 @@ pub fn perplexity(choice: &ModelChoice, args: &PerplexityArgs) -> anyhow::Result
             "seconds": seconds,
         });
         if let Some((spec, same_top, kl)) = compared {
-            line["against"] = spec.into();
+            line["against"] = spec.as_str().into();
             line["same_top"] = same_top.into();
             line["mean_kl"] = kl.into();
         }
@@ -201,28 +200,17 @@ impl Agreement {
     }
 }
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
+/// log sum exp(row), in f64 so long sums stay exact enough; not finite when the row's
+/// largest logit is not.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    max + sum.ln()
 }
 
 /// log-softmax of a row, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let log_sum = row
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let log_sum = log_sum_exp(row);
     row.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
@@ -232,16 +220,15 @@ fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
 }
 
-/// -log softmax(row)[target], in f64 so long sums stay exact enough.
+/// -log softmax(row)[target].
 fn negative_log_likelihood(row: &[f32], target: usize) -> anyhow::Result<f64> {
     ensure!(
         target < row.len(),
         "token id {target} is outside the logits"
     );
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    ensure!(max.is_finite(), "the model's logits are not finite");
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    Ok(max + sum.ln() - row[target] as f64)
+    let log_sum = log_sum_exp(row);
+    ensure!(log_sum.is_finite(), "the model's logits are not finite");
+    Ok(log_sum - row[target] as f64)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The paged KV cache: every layer's keys and values in fixed-size pages ([`KvPages`], f16 by
 //! default, or f32, int8, int4, keys and values alike or not), and per sequence a table of
-//! the pages that hold its positions. Sequences come and go; their pages return to a free list at once.
+//! the pages that hold its positions. Sequences come and go; their pages return to a free
+//! list at once.
 //!
 //! Layers are grouped by what they see: full-attention layers keep every position, so a
 //! sequence's table grows with it; a sliding-window layer only needs its window, so its
