@@ -9,8 +9,10 @@ pub mod dtype;
 pub mod error;
 pub mod kv_pages;
 pub mod ops;
+pub mod replay;
 
 pub use array::{Array, Device};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use kv_pages::{KvDType, KvPages, PageTable};
+pub use replay::Replay;

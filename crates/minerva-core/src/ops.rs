@@ -10,14 +10,14 @@ use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
 use crate::backends::cuda::ops as gpu;
 use crate::{Array, DType, Device, Error, Result};
 
-pub use crate::backends::cpu::elementwise::RopeStyle;
-pub use crate::backends::cpu::sampling::{Draw, SampleSettings};
-
 mod experts;
 mod paged;
+mod sample_settings;
 pub use experts::{mixture_of_experts, ExpertGateUp, SwigluExperts};
 pub(crate) use paged::copy_prefix;
 pub use paged::{paged_attention, write_kv_pages};
+pub(crate) use sample_settings::MAX_TOP_K;
+pub use sample_settings::{Draw, SampleSettings};
 
 fn shape_err<T>(msg: String) -> Result<T> {
     Err(Error::Shape(msg))
@@ -274,6 +274,15 @@ pub fn add_rms_norm(x: &Array, y: &Array, weight: &Array, eps: f32) -> Result<(A
     Ok((sum, normed))
 }
 
+/// Which pairs of a head's dimensions rotate together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions (2i, 2i+1): GGUF Llama, whose Q/K rows were permuted at conversion.
+    Interleaved,
+    /// Dimensions (i, i + d/2): the "rotate half" layout of HF checkpoints (GPT-NeoX style).
+    Half,
+}
+
 /// Rotary position embedding: per-pair inverse frequencies (with any context-extension
 /// scaling already applied), the pairing style, and YaRN's magnitude scale.
 #[derive(Clone, Debug)]
@@ -403,6 +412,11 @@ pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
         Array::from_f32(&even, &shape)?,
         Array::from_f32(&odd, &shape)?,
     ))
+}
+
+/// [`argmax`] of one row already on the host (logits a sampler holds).
+pub fn argmax_row(row: &[f32]) -> usize {
+    elementwise::argmax(row)
 }
 
 /// The index of the largest value in each row of `[rows, n]` f32 `x` (ties to the lower

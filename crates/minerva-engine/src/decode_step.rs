@@ -12,11 +12,9 @@
 //! sequences, each replayed whenever that many sequences bring one token each.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use minerva_core::backends::cuda::{self, CudaDevice, CudaGraph};
 use minerva_core::ops::{Draw, SampleSettings};
-use minerva_core::{ops, Array, DType, Device};
+use minerva_core::{ops, Array, DType, Device, Replay};
 use minerva_models::{CausalLm, KvCache, Logits};
 
 use crate::generate::forward;
@@ -31,7 +29,7 @@ pub struct DecodeStep {
 
 /// A graph of one decode step and the arrays it reads and writes in place.
 struct Captured {
-    graph: CudaGraph,
+    graph: Replay,
     /// `[n]` i32 token ids (one per sequence) and the pass's positions and page tables,
     /// rewritten before each replay.
     ids: Array,
@@ -120,7 +118,7 @@ impl DecodeStep {
         cache: &mut SequenceCache,
         token: u32,
     ) -> minerva_models::Result<Output<'_>> {
-        let Device::Cuda(ordinal) = model.device() else {
+        if !model.device().records() {
             return Ok(Output::Eager(forward(
                 model,
                 &[token],
@@ -139,9 +137,8 @@ impl DecodeStep {
         if stale {
             // Drop the old graph first: its arena goes back to the driver.
             self.captured = None;
-            let gpu = cuda::device(ordinal)?;
             let inputs = cache.inputs(&pass)?;
-            self.captured = Some(Captured::new(&gpu, model, cache, inputs, model_id)?);
+            self.captured = Some(Captured::new(model, cache, inputs, model_id)?);
         }
         let c = self.captured.as_mut().expect("captured above");
         c.replay(cache, &pass, &[token as i32], !stale)?;
@@ -170,11 +167,8 @@ impl BatchDecode {
         seqs: &[SeqId],
         ids: &[i32],
     ) -> minerva_models::Result<Option<&Array>> {
-        let Device::Cuda(ordinal) = model.device() else {
-            return Ok(None);
-        };
-        let gpu = cuda::device(ordinal)?;
-        if gpu.is_profiling() {
+        let device = model.device();
+        if !device.records() || device.times_kernels()? {
             // Kernels are timed one by one only outside graphs.
             return Ok(None);
         }
@@ -190,7 +184,7 @@ impl BatchDecode {
                 self.graphs.remove(&oldest);
             }
             let inputs = cache.inputs(&pass)?;
-            let c = Captured::new(&gpu, model, cache, inputs, model_id)?;
+            let c = Captured::new(model, cache, inputs, model_id)?;
             self.graphs.insert(n, c);
         }
         let c = self.graphs.get_mut(&n).expect("captured above");
@@ -203,7 +197,6 @@ impl Captured {
     /// Records one decode step of the pass `inputs` describes, one token per sequence
     /// (recording runs nothing: the first launch of the graph does the step).
     fn new(
-        gpu: &Arc<CudaDevice>,
         model: &dyn CausalLm,
         cache: &mut PagedKvCache,
         inputs: PassInputs,
@@ -212,13 +205,14 @@ impl Captured {
         let tokens = inputs.positions.numel();
         let ids = Array::zeros_on(DType::I32, &[tokens], model.device())?;
         let epoch = cache.epoch();
-        let (graph, (logits, greedy)) = gpu.capture(|| -> minerva_models::Result<_> {
-            // The caller advances the sequence after each launch, the first one included.
-            let mut view = cache.recording_view(&inputs);
-            let logits = model.forward_ids(&ids, &inputs.positions, &mut view, Logits::Last)?;
-            let greedy = ops::argmax(&logits)?;
-            Ok((logits, greedy))
-        })?;
+        let (graph, (logits, greedy)) =
+            model.device().record(|| -> minerva_models::Result<_> {
+                // The caller advances the sequence after each launch, the first one included.
+                let mut view = cache.recording_view(&inputs);
+                let logits = model.forward_ids(&ids, &inputs.positions, &mut view, Logits::Last)?;
+                let greedy = ops::argmax(&logits)?;
+                Ok((logits, greedy))
+            })?;
         Ok(Captured {
             graph,
             ids,

@@ -226,7 +226,7 @@ fn keep_nucleus(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
 
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    minerva_core::backends::cpu::elementwise::argmax(logits) as u32
+    minerva_core::ops::argmax_row(logits) as u32
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Row-wise kernels: normalization, rotary embedding, softmax, activations. Rows are short
 //! (a hidden vector), so these run on one thread and lean on auto-vectorization.
 
+use crate::ops::RopeStyle;
+
 /// `out = x / rms(x) * weight`, row by row (`weight.len()` values per row).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
@@ -11,15 +13,6 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * w;
         }
     }
-}
-
-/// Which pairs of a head's dimensions rotate together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Dimensions (2i, 2i+1): GGUF Llama, whose Q/K rows were permuted at conversion.
-    Interleaved,
-    /// Dimensions (i, i + d/2): the "rotate half" layout of HF checkpoints (GPT-NeoX style).
-    Half,
 }
 
 /// Rotates each head of `x` (`[tokens, heads, head_dim]`) in place by `positions[t] * inv_freq`.
