@@ -249,9 +249,9 @@ fn roofline(
     gen_tokens: usize,
     ordinal: usize,
 ) -> anyhow::Result<()> {
-    let gpu = minerva_core::backends::cuda::device(ordinal)?;
-    let bandwidth = gpu.measure_bandwidth(1 << 30, 5)?;
-    println!("{}: copy bandwidth {bandwidth:.0} GB/s", gpu.name());
+    let gpu = Device::Cuda(ordinal);
+    let bandwidth = gpu.copy_bandwidth(1 << 30, 5)?;
+    println!("{}: copy bandwidth {bandwidth:.0} GB/s", gpu.name()?);
     let prompt = |len: usize| -> Vec<u32> { text.iter().copied().cycle().take(len).collect() };
     let context_length = model.info().context_length;
     if context_length > 1024 {
@@ -311,40 +311,35 @@ fn kernel_profile(
     max_len: Option<usize>,
     ordinal: usize,
 ) -> anyhow::Result<()> {
-    let gpu = minerva_core::backends::cuda::device(ordinal)?;
-    if !gpu.is_profiling() {
+    let gpu = Device::Cuda(ordinal);
+    if !gpu.times_kernels()? {
         return Ok(());
     }
-    gpu.take_profile()?;
+    gpu.take_kernel_times()?;
     if long.len() < model.info().context_length {
         let mut cache = whole_prompt_cache(model, Some(long.len() + 1), kv)?;
         forward(model, long, &mut cache, Logits::Last)?;
         let title = format!("GPU kernel time of a {}-token prompt", long.len());
-        show_profile(&title, &gpu, 1.0, "prompt")?;
+        show_profile(&title, gpu, 1.0, "prompt")?;
     }
     let mut cache = whole_prompt_cache(model, max_len, kv)?;
     let mut token = argmax(&forward(model, short, &mut cache, Logits::Last)?.to_f32_vec()?);
-    gpu.take_profile()?;
+    gpu.take_kernel_times()?;
     for _ in 0..gen_tokens {
         let logits = forward(model, &[token], &mut cache, Logits::Last)?;
         token = argmax(&logits.to_f32_vec()?);
     }
     show_profile(
         "GPU kernel time per eager token",
-        &gpu,
+        gpu,
         gen_tokens as f64,
         "token",
     )
 }
 
 /// Prints the kernel times logged since the last call, divided by `per`.
-pub(super) fn show_profile(
-    title: &str,
-    gpu: &minerva_core::backends::cuda::CudaDevice,
-    per: f64,
-    unit: &str,
-) -> anyhow::Result<()> {
-    let times = gpu.take_profile()?;
+pub(super) fn show_profile(title: &str, gpu: Device, per: f64, unit: &str) -> anyhow::Result<()> {
+    let times = gpu.take_kernel_times()?;
     if times.is_empty() {
         return Ok(());
     }
@@ -354,7 +349,7 @@ pub(super) fn show_profile(
         "{title}: {:.3} ms in {:.0} launches ({})",
         total / per,
         launches as f64 / per,
-        gpu.name()
+        gpu.name()?
     );
     for t in &times {
         println!(

@@ -5,6 +5,7 @@
 
 pub mod array;
 pub mod backends;
+pub mod device_stats;
 pub mod dtype;
 pub mod error;
 pub mod kv_pages;
@@ -12,6 +13,7 @@ pub mod ops;
 pub mod replay;
 
 pub use array::{Array, Device};
+pub use device_stats::KernelTime;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use kv_pages::{KvDType, KvPages, PageTable};

@@ -11,7 +11,6 @@
 
 use std::time::Instant;
 
-use minerva_core::Device;
 use minerva_engine::{Batch, BatchConfig, Engine, GenerateOptions, Step};
 
 /// Prompt lengths the streams cycle through.
@@ -26,11 +25,8 @@ pub(super) fn streams(
 ) -> anyhow::Result<()> {
     let model = engine.model();
     // With `MINERVA_CUDA_PROFILE=1`: GPU time per kernel of the steady decode steps.
-    let gpu = match model.device() {
-        Device::Cuda(n) => Some(minerva_core::backends::cuda::device(n)?),
-        Device::Cpu => None,
-    }
-    .filter(|gpu| gpu.is_profiling());
+    let device = model.device();
+    let gpu = device.times_kernels()?.then_some(device);
     for &count in counts {
         let config = BatchConfig {
             max_batch: count,
@@ -73,7 +69,7 @@ pub(super) fn streams(
                     if seen.len() == count && decoding.is_none() {
                         decoding = Some((Instant::now(), generated));
                         if let Some(gpu) = &gpu {
-                            gpu.take_profile()?;
+                            gpu.take_kernel_times()?;
                         }
                     }
                 }
@@ -81,7 +77,7 @@ pub(super) fn streams(
             steps += 1;
         }
         let seconds = start.elapsed().as_secs_f64();
-        if let Some(gpu) = gpu.as_deref().filter(|_| decode_steps > 0) {
+        if let Some(gpu) = gpu.filter(|_| decode_steps > 0) {
             let title = format!("GPU kernel time per decode step of {count} streams");
             super::show_profile(&title, gpu, decode_steps as f64, "step")?;
         }

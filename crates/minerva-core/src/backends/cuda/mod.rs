@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys, CudaContext};
 
+use crate::device_stats::KernelTime;
 use crate::{Error, Result};
 
 pub use graph::CudaGraph;
@@ -49,14 +50,6 @@ pub struct CudaDevice {
 
 /// A launch between two recorded events.
 type TimedLaunch = (&'static str, sys::CUevent, sys::CUevent);
-
-/// GPU time of one kernel over the launches since the last report.
-#[derive(Clone, Debug)]
-pub struct KernelTime {
-    pub name: &'static str,
-    pub launches: usize,
-    pub millis: f64,
-}
 
 // SAFETY: the raw handles (stream, module, functions) are driver objects that CUDA allows
 // any thread to use once the owning context is current, which every entry point ensures
