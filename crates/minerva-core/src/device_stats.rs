@@ -30,6 +30,15 @@ impl Device {
         }
     }
 
+    /// Whether this device times its kernels one by one (`MINERVA_CUDA_PROFILE=1`), which
+    /// only work run outside a replay ([`Device::record`]) can do.
+    pub fn times_kernels(&self) -> Result<bool> {
+        Ok(match *self {
+            Device::Cpu => false,
+            Device::Cuda(n) => cuda::device(n)?.is_profiling(),
+        })
+    }
+
     /// GPU time per kernel since the last call, slowest first; empty unless this device
     /// times its kernels ([`Device::times_kernels`]).
     pub fn take_kernel_times(&self) -> Result<Vec<KernelTime>> {

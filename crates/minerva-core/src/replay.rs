@@ -28,15 +28,6 @@ impl Device {
         matches!(self, Device::Cuda(_))
     }
 
-    /// Whether this device times its kernels one by one (`MINERVA_CUDA_PROFILE=1`), which
-    /// only work run outside a replay can do.
-    pub fn times_kernels(&self) -> Result<bool> {
-        Ok(match *self {
-            Device::Cpu => false,
-            Device::Cuda(n) => cuda::device(n)?.is_profiling(),
-        })
-    }
-
     /// Records the work `queue` enqueues on this device instead of running it, and returns
     /// it with `queue`'s result (arrays made while recording are the replay's outputs).
     /// `queue` must only enqueue device work: no uploads from the host, no reads back.
