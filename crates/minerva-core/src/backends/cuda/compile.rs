@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 
 /// Every kernel, in one translation unit (one compile, one module).
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     include_str!("kernels/common.cuh"),
     include_str!("kernels/linear.cu"),
+    include_str!("kernels/tensor_products.cu"),
     include_str!("kernels/experts.cu"),
     include_str!("kernels/elementwise.cu"),
     include_str!("kernels/attention.cu"),

@@ -278,15 +278,6 @@ ATTN_KERNELS(4, 16)
 #define FA_KEYS 64  // keys per tile
 #define LOG2E 1.4426950408889634f
 
-// c += a b for a 16x16 f16 tile a (4 registers), a 16x8 f16 tile b (2), f32 c (4).
-__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Eight values of row `row` from dimension c (a multiple of 8) on, as f16.
 template <int D, int KIND>
 __device__ __forceinline__ uint4 kv_eight_f16(const void* codes, const u16* params, i64 row, int c) {

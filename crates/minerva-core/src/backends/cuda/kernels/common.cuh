@@ -102,3 +102,14 @@ __device__ __forceinline__ float clamped_swiglu(float gate, float up, float alph
     const float u = fminf(fmaxf(up, -limit), limit);
     return (u + 1.0f) * g / (1.0f + expf(-alpha * g));
 }
+
+// mma.m16n8k16 (f16 operands, f32 sums): lane = 4 g + t holds rows g and g + 8 of a and c,
+// columns 2 t, 2 t + 1 (+ 8 for a) of each, and rows 2 t, 2 t + 1 (+ 8) of column g of b.
+// c += a b for a 16x16 f16 tile a (4 registers), a 16x8 f16 tile b (2), f32 c (4).
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}

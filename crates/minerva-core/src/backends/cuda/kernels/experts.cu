@@ -380,23 +380,31 @@ __device__ __forceinline__ void expert_down_grouped_body(const ExpertRows& down,
     }
 }
 
-#define GROUPED_EXPERT_KERNELS(NAME, F, R, NTS, NTD)                                           \
+#define GROUPED_SWIGLU_KERNEL(NAME, F, R, NT)                                                  \
     extern "C" __global__ void expert_swiglu_grouped_##NAME##_r##R(                              \
         ExpertRows gate, ExpertRows up, const float* x, const int* groups, int max_active,      \
         int slots, float* h, int inter, float alpha, float limit) {                             \
-        expert_swiglu_grouped_body<F, R, NTS>(gate, up, x, ExpertGroups{groups, max_active},    \
-                                              slots, h, inter, alpha, limit);                   \
-    }                                                                                           \
-    extern "C" __global__ void expert_down_grouped_##NAME##_r##R(                                \
-        ExpertRows down, const float* h, const int* groups, int max_active, float* y, int n) {  \
-        expert_down_grouped_body<F, R, NTD>(down, h, ExpertGroups{groups, max_active}, y, n);   \
+        expert_swiglu_grouped_body<F, R, NT>(gate, up, x, ExpertGroups{groups, max_active},     \
+                                             slots, h, inter, alpha, limit);                    \
     }
 
-// (rows per block, pairs per pass of the gate/up kernel, of the down kernel): registers
-// allow fewer for the affine formats, whose decoded chunks are floats.
-GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 8, 2, 4)
-GROUPED_EXPERT_KERNELS(mxfp4, MvMxfp4, 2, 2, 4)
-GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 4, 2, 2)
-GROUPED_EXPERT_KERNELS(affine8, MvAffine8, 2, 2, 2)
-GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 4, 2, 2)
-GROUPED_EXPERT_KERNELS(affine4, MvAffine4, 2, 2, 2)
+#define GROUPED_DOWN_KERNEL(NAME, F, R, NT)                                                    \
+    extern "C" __global__ void expert_down_grouped_##NAME##_r##R(                                \
+        ExpertRows down, const float* h, const int* groups, int max_active, float* y, int n) {  \
+        expert_down_grouped_body<F, R, NT>(down, h, ExpertGroups{groups, max_active}, y, n);    \
+    }
+
+// Rows per block and pairs per pass (`ops/experts.rs` picks the rows): registers allow
+// fewer pairs for the affine formats, whose decoded chunks are floats.
+GROUPED_SWIGLU_KERNEL(mxfp4, MvMxfp4, 4, 2)
+GROUPED_SWIGLU_KERNEL(mxfp4, MvMxfp4, 2, 2)
+GROUPED_DOWN_KERNEL(mxfp4, MvMxfp4, 8, 4)
+GROUPED_DOWN_KERNEL(mxfp4, MvMxfp4, 2, 4)
+GROUPED_SWIGLU_KERNEL(affine8, MvAffine8, 4, 2)
+GROUPED_SWIGLU_KERNEL(affine8, MvAffine8, 2, 2)
+GROUPED_DOWN_KERNEL(affine8, MvAffine8, 4, 2)
+GROUPED_DOWN_KERNEL(affine8, MvAffine8, 2, 2)
+GROUPED_SWIGLU_KERNEL(affine4, MvAffine4, 4, 2)
+GROUPED_SWIGLU_KERNEL(affine4, MvAffine4, 2, 2)
+GROUPED_DOWN_KERNEL(affine4, MvAffine4, 4, 2)
+GROUPED_DOWN_KERNEL(affine4, MvAffine4, 2, 2)
