@@ -66,6 +66,9 @@ struct Entry<'m> {
     /// Every token whose keys and values the generation needs: the prompt, then what it
     /// generated. The cache holds the first `cache.len(seq)` of them.
     history: Vec<u32>,
+    /// The prefix cache's version when this (still empty) sequence last took what it held
+    /// of `history`; none since the sequence (re)started.
+    prefix_looked: Option<u64>,
 }
 
 /// Generations advanced together; see the module documentation.
@@ -181,6 +184,7 @@ impl<'m> Batch<'m> {
             seq,
             run: Run::new(self.tokenizer, prompt, options, 0),
             history: prompt.to_vec(),
+            prefix_looked: None,
         });
         Ok(id)
     }
@@ -318,9 +322,12 @@ impl<'m> Batch<'m> {
             e.history.len() - b.cache.len(e.seq)
         };
         // Generations about to start (or restart after preemption) take what the prefix
-        // cache holds of their tokens.
+        // cache holds of their tokens: once, and again while they wait only if it gained
+        // pages since.
+        let version = self.cache.prefix_version();
         for e in self.entries.iter_mut() {
-            if self.cache.len(e.seq) == 0 {
+            if self.cache.len(e.seq) == 0 && e.prefix_looked != Some(version) {
+                e.prefix_looked = Some(version);
                 let cached = self.cache.attach_prefix(e.seq, &e.history);
                 if e.history.len() == e.run.prompt.len() {
                     e.run.reuse(cached);
@@ -381,6 +388,7 @@ impl<'m> Batch<'m> {
         let e = &mut self.entries[index];
         self.cache.remove_sequence(e.seq);
         e.seq = self.cache.add_sequence();
+        e.prefix_looked = None;
     }
 
     /// The tokens picked for the rows `picking` of `logits` (one row per planned entry),

@@ -115,6 +115,10 @@ struct Group {
     free: Vec<i32>,
     /// Holders of each page (sequences and cached prefixes); a page is free at 0.
     holders: Vec<u32>,
+    /// The sequences among each page's holders, and the pages some sequence holds (kept
+    /// as they change, so gauges read them without walking the tables).
+    seq_holders: Vec<u32>,
+    seq_held: usize,
 }
 
 impl Group {
@@ -127,6 +131,40 @@ impl Group {
 
     fn hold(&mut self, page: i32) {
         self.holders[page as usize] += 1;
+    }
+
+    /// A free page, now held by one sequence.
+    fn take_for_sequence(&mut self) -> i32 {
+        let page = self.take();
+        self.count_sequence_hold(page);
+        page
+    }
+
+    /// One more sequence holds `page`.
+    fn hold_for_sequence(&mut self, page: i32) {
+        self.hold(page);
+        self.count_sequence_hold(page);
+    }
+
+    /// A sequence lets `page` go (nothing for [`NO_PAGE`]).
+    fn release_from_sequence(&mut self, page: i32) {
+        if page == NO_PAGE {
+            return;
+        }
+        let n = &mut self.seq_holders[page as usize];
+        *n -= 1;
+        if *n == 0 {
+            self.seq_held -= 1;
+        }
+        self.release(page);
+    }
+
+    fn count_sequence_hold(&mut self, page: i32) {
+        let n = &mut self.seq_holders[page as usize];
+        if *n == 0 {
+            self.seq_held += 1;
+        }
+        *n += 1;
     }
 
     /// One holder lets `page` go (nothing for [`NO_PAGE`]); the last one frees it.
@@ -237,6 +275,8 @@ impl PagedKvCache {
                         pages,
                         free: (0..pages as i32).rev().collect(),
                         holders: vec![0; pages],
+                        seq_holders: vec![0; pages],
+                        seq_held: 0,
                     });
                     groups.len() - 1
                 }
@@ -284,6 +324,12 @@ impl PagedKvCache {
         self.prefix.as_ref().map_or(0, PrefixCache::len)
     }
 
+    /// Moves whenever the prefix cache gains pages: [`Self::attach_prefix`] can then find
+    /// more than it found before.
+    pub fn prefix_version(&self) -> u64 {
+        self.prefix.as_ref().map_or(0, PrefixCache::insertions)
+    }
+
     pub fn config(&self) -> KvConfig {
         self.config
     }
@@ -314,39 +360,23 @@ impl PagedKvCache {
 
     /// Bytes of the pages sequences hold now.
     pub fn bytes_in_use(&self) -> usize {
-        self.bytes_of(|g, group| self.pages_of_sequences(g, group))
+        self.bytes_of(|group| group.seq_held)
     }
 
     /// Bytes of the pages only the prefix cache holds (given back when pages run short).
     pub fn bytes_cached(&self) -> usize {
-        self.bytes_of(|g, group| group.pages - group.free.len() - self.pages_of_sequences(g, group))
+        self.bytes_of(|group| group.pages - group.free.len() - group.seq_held)
     }
 
-    /// Bytes of `pages(group index, group)` pages in every layer of each group.
-    fn bytes_of(&self, pages: impl Fn(usize, &Group) -> usize) -> usize {
-        let per_group: Vec<usize> = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(g, group)| pages(g, group))
-            .collect();
+    /// Bytes of `pages(group)` pages in every layer of each group.
+    fn bytes_of(&self, pages: impl Fn(&Group) -> usize) -> usize {
+        let per_group: Vec<usize> = self.groups.iter().map(pages).collect();
         self.layers
             .iter()
             .map(|(k, v, g)| {
                 (k.nbytes() + v.nbytes()) / self.groups[*g].pages.max(1) * per_group[*g]
             })
             .sum()
-    }
-
-    /// Distinct pages of group `g` that live sequences hold.
-    fn pages_of_sequences(&self, g: usize, group: &Group) -> usize {
-        let mut held = vec![false; group.pages];
-        for seq in self.sequences.iter().flatten() {
-            for &p in seq.pages[g].iter().filter(|&&p| p != NO_PAGE) {
-                held[p as usize] = true;
-            }
-        }
-        held.into_iter().filter(|&h| h).count()
     }
 
     /// Changes whenever the pools move.
@@ -378,7 +408,9 @@ impl PagedKvCache {
     pub fn remove_sequence(&mut self, id: SeqId) {
         if let Some(seq) = self.sequences.get_mut(id.0).and_then(Option::take) {
             for (group, pages) in self.groups.iter_mut().zip(seq.pages) {
-                pages.into_iter().for_each(|p| group.release(p));
+                pages
+                    .into_iter()
+                    .for_each(|p| group.release_from_sequence(p));
             }
             self.unpin_tail(seq.tail);
         }
@@ -434,7 +466,9 @@ impl PagedKvCache {
             seq.len = keep;
             for (group, pages) in self.groups.iter_mut().zip(&mut seq.pages) {
                 let needed = keep.div_ceil(ps).min(pages.len());
-                pages.drain(needed..).for_each(|p| group.release(p));
+                pages
+                    .drain(needed..)
+                    .for_each(|p| group.release_from_sequence(p));
             }
             // Published pages past the end are stale; publishing starts over from the first.
             seq.published = 0;
@@ -482,7 +516,7 @@ impl PagedKvCache {
             }
             let group = &mut self.groups[g];
             let seq = self.sequences[id.0].as_mut().expect("a live sequence");
-            seq.pages[g].extend((0..missing).map(|_| group.take()));
+            seq.pages[g].extend((0..missing).map(|_| group.take_for_sequence()));
         }
         Ok(())
     }
@@ -494,7 +528,7 @@ impl PagedKvCache {
         for (group, pages) in self.groups.iter_mut().zip(&mut seq.pages) {
             let unseen = (group.first_seen(seq.len) / ps).min(pages.len());
             for slot in &mut pages[..unseen] {
-                group.release(std::mem::replace(slot, NO_PAGE));
+                group.release_from_sequence(std::mem::replace(slot, NO_PAGE));
             }
         }
     }
@@ -559,7 +593,7 @@ impl PagedKvCache {
                     if slot < seen {
                         return NO_PAGE;
                     }
-                    group.hold(page);
+                    group.hold_for_sequence(page);
                     page
                 })
                 .collect();
@@ -623,6 +657,7 @@ impl PagedKvCache {
         let group = &mut self.groups[g];
         group.free.splice(0..0, (old as i32..pages as i32).rev());
         group.holders.resize(pages, 0);
+        group.seq_holders.resize(pages, 0);
         group.pages = pages;
         self.epoch += 1;
         Ok(())
@@ -941,6 +976,20 @@ mod tests {
         assert_eq!(cache.bytes_in_use(), 0);
     }
 
+    /// The count of pages sequences hold, kept as they change, against a walk of the tables.
+    fn check_sequence_pages(cache: &PagedKvCache) {
+        for (g, group) in cache.groups.iter().enumerate() {
+            let mut held = vec![false; group.pages];
+            for seq in cache.sequences.iter().flatten() {
+                for &p in seq.pages[g].iter().filter(|&&p| p != NO_PAGE) {
+                    held[p as usize] = true;
+                }
+            }
+            let walked = held.into_iter().filter(|&h| h).count();
+            assert_eq!(group.seq_held, walked, "group {g}");
+        }
+    }
+
     #[test]
     fn a_later_sequence_takes_the_cached_pages_of_its_prefix() {
         let mut cache = PagedKvCache::new(&info(), None, config(), Some(64), 4).unwrap();
@@ -966,8 +1015,10 @@ mod tests {
         // At least one token is always left to compute.
         let c = cache.add_sequence();
         assert_eq!(cache.attach_prefix(c, &tokens[..64]), 48);
+        check_sequence_pages(&cache);
         // The first sequence gone, its pages live on for the others and the cache.
         cache.remove_sequence(a);
+        check_sequence_pages(&cache);
         let shared = cache.sequence(b).pages[0][0];
         assert_eq!(cache.groups[0].holders[shared as usize], 3);
         cache.remove_sequence(b);
@@ -994,6 +1045,7 @@ mod tests {
         }
         assert_eq!(cache.groups[0].free.len(), 0);
         assert!(cache.cached_pages() < 8);
+        check_sequence_pages(&cache);
     }
 
     #[test]
@@ -1006,16 +1058,19 @@ mod tests {
         // Page 2 (positions 32..47) is shared with the cache: keep stops at its start.
         let cached = cache.sequence(a).pages[0][2];
         assert_eq!(cache.truncate(a, 40), 32);
+        check_sequence_pages(&cache);
         // Growing again writes new pages, never the cached ones.
         run(&mut cache, a, 64);
         assert_ne!(cache.sequence(a).pages[0][2], cached);
         let b = cache.add_sequence();
         assert_eq!(cache.attach_prefix(b, &tokens), 48);
         assert_eq!(cache.sequence(b).pages[0][2], cached);
+        check_sequence_pages(&cache);
         // Far past its window, a sequence's early pages are gone: nothing early is kept.
         let mut cache = PagedKvCache::new(&info(), None, config(), None, 1).unwrap();
         let a = cache.add_sequence();
         run(&mut cache, a, 300);
+        check_sequence_pages(&cache);
         assert_eq!(cache.truncate(a, 20), 0);
         // Within its window all is there.
         run(&mut cache, a, 40);

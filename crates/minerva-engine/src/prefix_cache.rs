@@ -34,6 +34,9 @@ pub(crate) struct PrefixCache {
     entries: Vec<Option<Entry>>,
     index: HashMap<(Option<usize>, Vec<u32>), usize>,
     clock: u64,
+    /// Entries ever inserted: a sequence that found no more than it holds need not look
+    /// again until this moves.
+    insertions: u64,
 }
 
 impl PrefixCache {
@@ -68,6 +71,7 @@ impl PrefixCache {
         pages: Vec<i32>,
     ) -> usize {
         self.clock += 1;
+        self.insertions += 1;
         let entry = Entry {
             parent,
             tokens: tokens.to_vec(),
@@ -91,6 +95,10 @@ impl PrefixCache {
         }
         self.index.insert((parent, tokens.to_vec()), id);
         id
+    }
+
+    pub(crate) fn insertions(&self) -> u64 {
+        self.insertions
     }
 
     pub(crate) fn entry(&self, id: usize) -> &Entry {
