@@ -8,6 +8,7 @@ pub mod backends;
 pub mod device_stats;
 pub mod dtype;
 pub mod error;
+pub mod graph;
 pub mod kv_pages;
 pub mod ops;
 pub mod replay;

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod dense;
 pub mod elementwise;
+pub mod fused;
 pub mod grouped;
 pub mod kv_rows;
 pub mod quant;

@@ -1,0 +1,237 @@
+//! Compiled graphs on the CPU (`crate::graph`): each fused kernel is one pass over memory,
+//! a row of its result at a time, its inlined nodes computed into row-sized scratch that
+//! stays in cache. [`run_unfused`] computes node by node over whole arrays instead: the
+//! reference the fused passes must match bit for bit (same f32 operations per value, sums
+//! from the first value to the last).
+
+use crate::graph::{Binary, Graph, Node, NodeId, Op, Plan, Reduce, Unary};
+use crate::{Error, Result};
+
+fn unary(op: Unary, x: f32) -> f32 {
+    match op {
+        Unary::Neg => -x,
+        Unary::Exp => x.exp(),
+        Unary::Recip => 1.0 / x,
+        Unary::Sqrt => x.sqrt(),
+        Unary::Rsqrt => 1.0 / x.sqrt(),
+        Unary::Square => x * x,
+        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Unary::Silu => x / (1.0 + (-x).exp()),
+        Unary::Tanh => x.tanh(),
+    }
+}
+
+fn binary(op: Binary, a: f32, b: f32) -> f32 {
+    match op {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => a.max(b),
+        Binary::Min => a.min(b),
+    }
+}
+
+fn reduce(op: Reduce, values: &[f32]) -> f32 {
+    match op {
+        Reduce::Sum => values.iter().fold(0.0, |s, &v| s + v),
+        Reduce::Max => values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+    }
+}
+
+/// A shape as evaluated: a scalar as `[1]` (it broadcasts the same way).
+fn dims(shape: &[usize]) -> Vec<usize> {
+    if shape.is_empty() {
+        vec![1]
+    } else {
+        shape.to_vec()
+    }
+}
+
+/// Where position `index` (of an array of `shape`) reads in an array of `from` that
+/// broadcasts to `shape`: the flat offset.
+fn broadcast_offset(index: &[usize], shape: &[usize], from: &[usize]) -> usize {
+    let pad = shape.len() - from.len();
+    let mut offset = 0;
+    for (d, &size) in from.iter().enumerate() {
+        let i = if size == 1 { 0 } else { index[pad + d] };
+        offset = offset * size + i;
+    }
+    offset
+}
+
+/// The multi-index of flat position `flat` in `shape`.
+fn unflatten(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        index[d] = flat % shape[d];
+        flat /= shape[d];
+    }
+    index
+}
+
+/// The values of `outputs`, each node computed over its whole shape (`inputs[i]` holds input
+/// i's values, row-major).
+pub fn run_unfused(graph: &Graph, outputs: &[NodeId], inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+    let mut values: Vec<Vec<f32>> = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let shape = dims(&node.shape);
+        let n = node.numel().max(1);
+        let read = |id: NodeId, index: &[usize]| {
+            let from = dims(&graph.node(id).shape);
+            values[id.0][broadcast_offset(index, &shape, &from)]
+        };
+        let out: Vec<f32> = match node.op {
+            Op::Input(i) => input(inputs, i, node)?.to_vec(),
+            Op::Constant(v) => vec![v],
+            Op::Unary(op, x) => values[x.0].iter().map(|&v| unary(op, v)).collect(),
+            Op::Binary(op, a, b) => (0..n)
+                .map(|f| {
+                    let index = unflatten(f, &shape);
+                    binary(op, read(a, &index), read(b, &index))
+                })
+                .collect(),
+            Op::Reduce(op, x) => values[x.0]
+                .chunks(*graph.shape(x).last().expect("not a scalar"))
+                .map(|row| reduce(op, row))
+                .collect(),
+        };
+        values.push(out);
+    }
+    Ok(outputs.iter().map(|o| values[o.0].clone()).collect())
+}
+
+fn input<'a>(inputs: &[&'a [f32]], i: usize, node: &Node) -> Result<&'a [f32]> {
+    let values = inputs
+        .get(i)
+        .ok_or_else(|| Error::Shape(format!("graph input {i} not given")))?;
+    if values.len() != node.numel() {
+        return Err(Error::Shape(format!(
+            "graph input {i}: {} values for shape {:?}",
+            values.len(),
+            node.shape
+        )));
+    }
+    Ok(values)
+}
+
+/// Runs `plan` on `inputs` and returns its outputs. With `poison`, every buffer is filled
+/// with NaN once its last reader has run, so a plan that reused live memory would show.
+pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<f32>>> {
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if let Op::Input(k) = node.op {
+            input(inputs, k, &plan.nodes[i])?;
+        }
+    }
+    let mut arena = vec![0.0f32; plan.memory.arena];
+    for (k, kernel) in plan.kernels.iter().enumerate() {
+        let out = plan.memory.buffers[k];
+        // The buffers this kernel reads, from the inputs or the arena.
+        let mut sources: Vec<(usize, &[f32])> = Vec::with_capacity(kernel.reads.len());
+        for &r in &kernel.reads {
+            let values: &[f32] = match plan.nodes[r].op {
+                Op::Input(i) => inputs[i],
+                _ => {
+                    let b = plan.memory.of(r).expect("a kernel writes every read");
+                    if b.offset < out.offset + out.len && out.offset < b.offset + b.len {
+                        return Err(Error::Device(format!(
+                            "graph memory plan: kernel {k} writes over a buffer it reads"
+                        )));
+                    }
+                    // SAFETY: `b` lies inside the arena (the planner sized the arena to
+                    // hold every buffer) and does not overlap `out`, the only range
+                    // written while this slice lives (checked just above).
+                    unsafe { std::slice::from_raw_parts(arena.as_ptr().add(b.offset), b.len) }
+                }
+            };
+            sources.push((r, values));
+        }
+        // SAFETY: `out` lies inside the arena and overlaps none of `sources` (checked above).
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(arena.as_mut_ptr().add(out.offset), out.len) };
+        run_kernel(plan, kernel.root, &kernel.fused, &sources, dst);
+        if poison {
+            for b in plan.memory.buffers.iter().filter(|b| b.last == k) {
+                if !plan.outputs.contains(&b.node) {
+                    arena[b.offset..b.offset + b.len].fill(f32::NAN);
+                }
+            }
+        }
+    }
+    Ok(plan
+        .outputs
+        .iter()
+        .map(|&o| match plan.nodes[o].op {
+            Op::Input(i) => inputs[i].to_vec(),
+            _ => {
+                let b = plan.memory.of(o).expect("outputs have buffers");
+                arena[b.offset..b.offset + b.len].to_vec()
+            }
+        })
+        .collect())
+}
+
+/// One fused kernel: `dst` (the root's values) a row at a time.
+fn run_kernel(
+    plan: &Plan,
+    root: usize,
+    fused: &[usize],
+    sources: &[(usize, &[f32])],
+    dst: &mut [f32],
+) {
+    let root_shape = dims(&plan.nodes[root].shape);
+    let width = *root_shape.last().expect("dims are never empty");
+    let rows = dst.len() / width.max(1);
+    // Row scratch per fused node (its last axis).
+    let mut scratch: Vec<Vec<f32>> = fused
+        .iter()
+        .map(|&i| vec![0.0; *dims(&plan.nodes[i].shape).last().unwrap()])
+        .collect();
+    let slot = |node: usize| fused.iter().position(|&f| f == node);
+    for row in 0..rows {
+        for (s, &i) in fused.iter().enumerate() {
+            let node = &plan.nodes[i];
+            let shape = dims(&node.shape);
+            let lead = unflatten(row, &shape[..shape.len() - 1]);
+            // Operand `id` at position j of this row: from scratch (fused) or a buffer.
+            let operand = |id: NodeId, scratch: &[Vec<f32>], j: usize| -> f32 {
+                if let Some(t) = slot(id.0) {
+                    let v = &scratch[t];
+                    return v[if v.len() == 1 { 0 } else { j }];
+                }
+                if let Op::Constant(c) = plan.nodes[id.0].op {
+                    return c;
+                }
+                let values = sources.iter().find(|(r, _)| *r == id.0).expect("read").1;
+                let mut index = lead.clone();
+                index.push(j);
+                values[broadcast_offset(&index, &shape, &dims(&plan.nodes[id.0].shape))]
+            };
+            let n = scratch[s].len();
+            let mut out = std::mem::take(&mut scratch[s]);
+            match node.op {
+                Op::Constant(c) => out.fill(c),
+                Op::Input(_) => unreachable!("inputs are read, never fused"),
+                Op::Unary(op, x) => {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = unary(op, operand(x, &scratch, j));
+                    }
+                }
+                Op::Binary(op, a, b) => {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = binary(op, operand(a, &scratch, j), operand(b, &scratch, j));
+                    }
+                }
+                Op::Reduce(op, x) => {
+                    let len = *dims(&plan.nodes[x.0].shape).last().unwrap();
+                    let row_values: Vec<f32> = (0..len).map(|j| operand(x, &scratch, j)).collect();
+                    out[0] = reduce(op, &row_values);
+                }
+            }
+            debug_assert_eq!(out.len(), n);
+            scratch[s] = out;
+        }
+        let root_row = &scratch[slot(root).expect("the root is fused")];
+        dst[row * width..(row + 1) * width].copy_from_slice(root_row);
+    }
+}
