@@ -18,7 +18,8 @@ pub use cache::Compiled;
 pub use compile::{compile, Kernel, Plan};
 pub use memory::{Buffer, MemoryPlan};
 
-use crate::{Error, Result};
+use crate::backends::{cpu, cuda};
+use crate::{Array, Device, Error, Result};
 
 /// A node of a [`Graph`] (its index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,6 +186,33 @@ impl Graph {
         let r = self.unary(Unary::Rsqrt, var);
         let normed = self.binary(Binary::Mul, x, r)?;
         self.binary(Binary::Mul, normed, weight)
+    }
+}
+
+/// Runs `plan` on f32 `inputs` (all on one device) there, and returns its outputs.
+pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
+    let device = inputs.first().map_or(Device::Cpu, |a| a.device());
+    if let Some(other) = inputs.iter().find(|a| a.device() != device) {
+        return Err(Error::Device(format!(
+            "graph inputs on {device} and {}",
+            other.device()
+        )));
+    }
+    match device {
+        Device::Cpu => {
+            let values: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|a| a.to_f32_vec())
+                .collect::<Result<_>>()?;
+            let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+            let outputs = cpu::fused::run_plan(plan, &slices, false)?;
+            outputs
+                .iter()
+                .zip(&plan.outputs)
+                .map(|(v, &o)| Array::from_f32(v, &plan.nodes[o].shape))
+                .collect()
+        }
+        Device::Cuda(n) => cuda::fused::run_plan(&cuda::device(n)?, plan, inputs),
     }
 }
 

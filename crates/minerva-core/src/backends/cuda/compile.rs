@@ -39,7 +39,7 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Makes libnvrtc loadable (see [`super::libraries`]).
-fn nvrtc_ready() -> Result<(), String> {
+pub(super) fn nvrtc_ready() -> Result<(), String> {
     // SAFETY: `is_culib_present` only tries to dlopen NVRTC by its usual names.
     super::libraries::ready("NVRTC", "libnvrtc.so.", || unsafe {
         rtc_sys::is_culib_present()
@@ -86,7 +86,7 @@ pub(super) fn kernels_cubin(arch: (i32, i32)) -> Result<Vec<u8>, String> {
     Ok(cubin)
 }
 
-fn compile(source: &str, options: &[String]) -> Result<Vec<u8>, String> {
+pub(super) fn compile(source: &str, options: &[String]) -> Result<Vec<u8>, String> {
     let src = CString::new(source).map_err(|_| "kernel source contains NUL".to_string())?;
     let prog = rtc::create_program(&src, Some(c"minerva_kernels.cu"))
         .map_err(|e| format!("NVRTC: {e:?}"))?;

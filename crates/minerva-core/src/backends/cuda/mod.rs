@@ -8,6 +8,7 @@
 
 mod blas;
 mod compile;
+pub(crate) mod fused;
 mod graph;
 mod libraries;
 pub(crate) mod ops;
