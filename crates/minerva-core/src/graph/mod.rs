@@ -100,6 +100,15 @@ impl Node {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// The shape as kernels evaluate it: a scalar as `[1]` (it broadcasts the same way).
+    pub fn dims(&self) -> Vec<usize> {
+        if self.shape.is_empty() {
+            vec![1]
+        } else {
+            self.shape.clone()
+        }
+    }
 }
 
 /// Ops recorded in order (every node's inputs come before it).

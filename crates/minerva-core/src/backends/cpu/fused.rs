@@ -39,15 +39,6 @@ fn reduce(op: Reduce, values: &[f32]) -> f32 {
     }
 }
 
-/// A shape as evaluated: a scalar as `[1]` (it broadcasts the same way).
-fn dims(shape: &[usize]) -> Vec<usize> {
-    if shape.is_empty() {
-        vec![1]
-    } else {
-        shape.to_vec()
-    }
-}
-
 /// Where position `index` (of an array of `shape`) reads in an array of `from` that
 /// broadcasts to `shape`: the flat offset.
 fn broadcast_offset(index: &[usize], shape: &[usize], from: &[usize]) -> usize {
@@ -75,10 +66,10 @@ fn unflatten(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 pub fn run_unfused(graph: &Graph, outputs: &[NodeId], inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(graph.nodes().len());
     for node in graph.nodes() {
-        let shape = dims(&node.shape);
+        let shape = node.dims();
         let n = node.numel().max(1);
         let read = |id: NodeId, index: &[usize]| {
-            let from = dims(&graph.node(id).shape);
+            let from = graph.node(id).dims();
             values[id.0][broadcast_offset(index, &shape, &from)]
         };
         let out: Vec<f32> = match node.op {
@@ -171,6 +162,46 @@ pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<
         .collect())
 }
 
+/// Where a fused node reads an operand.
+enum Operand<'a> {
+    /// Another fused node's row (`slot` in the scratch).
+    Fused(usize),
+    Constant(f32),
+    /// A buffer of this shape (as evaluated).
+    Buffer {
+        values: &'a [f32],
+        from: Vec<usize>,
+    },
+}
+
+/// An operand's values along one row: `at(j)`.
+enum RowOperand<'a> {
+    Fused(usize),
+    Constant(f32),
+    Slice {
+        values: &'a [f32],
+        base: usize,
+        stride: usize,
+    },
+}
+
+impl RowOperand<'_> {
+    fn at(&self, scratch: &[Vec<f32>], j: usize) -> f32 {
+        match *self {
+            RowOperand::Fused(t) => {
+                let v = &scratch[t];
+                v[if v.len() == 1 { 0 } else { j }]
+            }
+            RowOperand::Constant(c) => c,
+            RowOperand::Slice {
+                values,
+                base,
+                stride,
+            } => values[base + j * stride],
+        }
+    }
+}
+
 /// One fused kernel: `dst` (the root's values) a row at a time.
 fn run_kernel(
     plan: &Plan,
@@ -179,56 +210,75 @@ fn run_kernel(
     sources: &[(usize, &[f32])],
     dst: &mut [f32],
 ) {
-    let root_shape = dims(&plan.nodes[root].shape);
+    let root_shape = plan.nodes[root].dims();
     let width = *root_shape.last().expect("dims are never empty");
     let rows = dst.len() / width.max(1);
+    let slot = |node: usize| fused.iter().position(|&f| f == node);
+    // Each fused node's operands, found once.
+    let operands: Vec<Vec<Operand>> = fused
+        .iter()
+        .map(|&i| {
+            let operand = |id: NodeId| match (slot(id.0), plan.nodes[id.0].op) {
+                (Some(t), _) => Operand::Fused(t),
+                (None, Op::Constant(c)) => Operand::Constant(c),
+                (None, _) => Operand::Buffer {
+                    values: sources.iter().find(|(r, _)| *r == id.0).expect("read").1,
+                    from: plan.nodes[id.0].dims(),
+                },
+            };
+            plan.nodes[i].op.inputs().into_iter().map(operand).collect()
+        })
+        .collect();
     // Row scratch per fused node (its last axis).
     let mut scratch: Vec<Vec<f32>> = fused
         .iter()
-        .map(|&i| vec![0.0; *dims(&plan.nodes[i].shape).last().unwrap()])
+        .map(|&i| vec![0.0; *plan.nodes[i].dims().last().unwrap()])
         .collect();
-    let slot = |node: usize| fused.iter().position(|&f| f == node);
     for row in 0..rows {
         for (s, &i) in fused.iter().enumerate() {
             let node = &plan.nodes[i];
-            let shape = dims(&node.shape);
-            let lead = unflatten(row, &shape[..shape.len() - 1]);
-            // Operand `id` at position j of this row: from scratch (fused) or a buffer.
-            let operand = |id: NodeId, scratch: &[Vec<f32>], j: usize| -> f32 {
-                if let Some(t) = slot(id.0) {
-                    let v = &scratch[t];
-                    return v[if v.len() == 1 { 0 } else { j }];
-                }
-                if let Op::Constant(c) = plan.nodes[id.0].op {
-                    return c;
-                }
-                let values = sources.iter().find(|(r, _)| *r == id.0).expect("read").1;
-                let mut index = lead.clone();
-                index.push(j);
-                values[broadcast_offset(&index, &shape, &dims(&plan.nodes[id.0].shape))]
+            // A reduction reads its operand over the operand's own last axis.
+            let shape = match node.op {
+                Op::Reduce(_, x) => plan.nodes[x.0].dims(),
+                _ => node.dims(),
             };
-            let n = scratch[s].len();
+            let mut index = unflatten(row, &shape[..shape.len() - 1]);
+            index.push(0);
+            let row_operands: Vec<RowOperand> = operands[s]
+                .iter()
+                .map(|o| match o {
+                    Operand::Fused(t) => RowOperand::Fused(*t),
+                    Operand::Constant(c) => RowOperand::Constant(*c),
+                    Operand::Buffer { values, from } => RowOperand::Slice {
+                        values,
+                        base: broadcast_offset(&index, &shape, from),
+                        stride: usize::from(*from.last().unwrap() != 1),
+                    },
+                })
+                .collect();
             let mut out = std::mem::take(&mut scratch[s]);
             match node.op {
                 Op::Constant(c) => out.fill(c),
                 Op::Input(_) => unreachable!("inputs are read, never fused"),
-                Op::Unary(op, x) => {
+                Op::Unary(op, _) => {
                     for (j, o) in out.iter_mut().enumerate() {
-                        *o = unary(op, operand(x, &scratch, j));
+                        *o = unary(op, row_operands[0].at(&scratch, j));
                     }
                 }
-                Op::Binary(op, a, b) => {
+                Op::Binary(op, _, _) => {
+                    let (a, b) = (&row_operands[0], &row_operands[1]);
                     for (j, o) in out.iter_mut().enumerate() {
-                        *o = binary(op, operand(a, &scratch, j), operand(b, &scratch, j));
+                        *o = binary(op, a.at(&scratch, j), b.at(&scratch, j));
                     }
                 }
-                Op::Reduce(op, x) => {
-                    let len = *dims(&plan.nodes[x.0].shape).last().unwrap();
-                    let row_values: Vec<f32> = (0..len).map(|j| operand(x, &scratch, j)).collect();
-                    out[0] = reduce(op, &row_values);
+                Op::Reduce(op, _) => {
+                    let x = &row_operands[0];
+                    let values: Vec<f32> = (0..shape[shape.len() - 1])
+                        .map(|j| x.at(&scratch, j))
+                        .collect();
+                    out[0] = reduce(op, &values);
                 }
             }
-            debug_assert_eq!(out.len(), n);
             scratch[s] = out;
         }
         let root_row = &scratch[slot(root).expect("the root is fused")];

@@ -14,15 +14,6 @@ use super::{compile, CudaDevice};
 use crate::graph::{Binary, NodeId, Op, Plan, Reduce, Unary};
 use crate::{Array, DType, Error, Result};
 
-/// A shape as evaluated: a scalar as `[1]`.
-fn dims(shape: &[usize]) -> Vec<usize> {
-    if shape.is_empty() {
-        vec![1]
-    } else {
-        shape.to_vec()
-    }
-}
-
 fn float(v: f32) -> String {
     format!("__int_as_float(0x{:08x})", v.to_bits())
 }
@@ -35,7 +26,7 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
     // Node `x`'s value at (row, column `j`) as read by a node of `shape`.
     let operand = |x: NodeId, shape: &[usize], j: &str| -> String {
         let node = &plan.nodes[x.0];
-        let xd = dims(&node.shape);
+        let xd = node.dims();
         let col = if *xd.last().unwrap() == 1 { "0" } else { j };
         if kernel.fused.contains(&x.0) {
             return format!("v{}(R, row, {col})", x.0);
@@ -64,7 +55,7 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
     };
     for &i in &kernel.fused {
         let node = &plan.nodes[i];
-        let shape = dims(&node.shape);
+        let shape = node.dims();
         let body = match node.op {
             Op::Constant(c) => format!("return {};", float(c)),
             Op::Input(_) => unreachable!("inputs are read, never fused"),
@@ -96,7 +87,7 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
                 format!("const float a = {a}, b = {b}; return {e};")
             }
             Op::Reduce(op, x) => {
-                let xd = dims(&plan.nodes[x.0].shape);
+                let xd = plan.nodes[x.0].dims();
                 let len = *xd.last().unwrap();
                 let v = operand(x, &xd, "c");
                 let (init, step) = match op {
@@ -115,7 +106,7 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
         );
     }
     // The inputs reach the node functions through a struct of pointers.
-    let root = dims(&plan.nodes[kernel.root].shape);
+    let root = plan.nodes[kernel.root].dims();
     let width = *root.last().unwrap();
     let numel: usize = root.iter().product();
     let params: Vec<String> = (0..kernel.reads.len())
