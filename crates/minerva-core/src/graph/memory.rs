@@ -16,7 +16,8 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    fn overlaps(&self, other: &Buffer) -> bool {
+    /// Whether the two share arena memory.
+    pub fn overlaps(&self, other: &Buffer) -> bool {
         self.offset < other.offset + other.len && other.offset < self.offset + self.len
     }
 
@@ -63,7 +64,6 @@ impl MemoryPlan {
 /// Places the buffer of each kernel's root.
 pub(crate) fn plan_memory(nodes: &[Node], kernels: &[Kernel], outputs: &[usize]) -> MemoryPlan {
     let end = kernels.len().saturating_sub(1);
-    let writer = |node: usize| kernels.iter().position(|k| k.root == node);
     let mut buffers: Vec<Buffer> = kernels
         .iter()
         .enumerate()
@@ -88,7 +88,6 @@ pub(crate) fn plan_memory(nodes: &[Node], kernels: &[Kernel], outputs: &[usize])
             }
         })
         .collect();
-    debug_assert!(buffers.iter().all(|b| writer(b.node) == Some(b.first)));
     let mut arena = 0;
     for i in 0..buffers.len() {
         // Intervals taken by buffers alive at the same time, by offset.

@@ -109,9 +109,9 @@ fn input<'a>(inputs: &[&'a [f32]], i: usize, node: &Node) -> Result<&'a [f32]> {
 /// Runs `plan` on `inputs` and returns its outputs. With `poison`, every buffer is filled
 /// with NaN once its last reader has run, so a plan that reused live memory would show.
 pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<f32>>> {
-    for (i, node) in plan.nodes.iter().enumerate() {
+    for node in &plan.nodes {
         if let Op::Input(k) = node.op {
-            input(inputs, k, &plan.nodes[i])?;
+            input(inputs, k, node)?;
         }
     }
     let mut arena = vec![0.0f32; plan.memory.arena];
@@ -124,7 +124,7 @@ pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<
                 Op::Input(i) => inputs[i],
                 _ => {
                     let b = plan.memory.of(r).expect("a kernel writes every read");
-                    if b.offset < out.offset + out.len && out.offset < b.offset + b.len {
+                    if b.overlaps(&out) {
                         return Err(Error::Device(format!(
                             "graph memory plan: kernel {k} writes over a buffer it reads"
                         )));

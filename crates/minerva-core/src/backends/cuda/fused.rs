@@ -202,13 +202,12 @@ pub(crate) fn run_plan(
     plan: &Plan,
     inputs: &[&Array],
 ) -> Result<Vec<Array>> {
-    let module = module(dev, plan)?;
-    for (i, node) in plan.nodes.iter().enumerate() {
+    for node in &plan.nodes {
         if let Op::Input(k) = node.op {
             let a = inputs
                 .get(k)
                 .ok_or_else(|| Error::Shape(format!("graph input {k} not given")))?;
-            if a.dtype() != DType::F32 || a.numel() != plan.nodes[i].numel() {
+            if a.dtype() != DType::F32 || a.numel() != node.numel() {
                 return Err(Error::Shape(format!(
                     "graph input {k}: {} {:?} for f32 {:?}",
                     a.dtype(),
@@ -218,6 +217,7 @@ pub(crate) fn run_plan(
             }
         }
     }
+    let module = module(dev, plan)?;
     let arena = dev.alloc(4 * plan.memory.arena.max(1))?;
     let address = |node: usize| -> Result<u64> {
         match plan.nodes[node].op {
