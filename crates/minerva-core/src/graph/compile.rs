@@ -1,21 +1,41 @@
 //! From a recorded graph to a plan: the nodes the outputs need (dead ones dropped), each
 //! computed once (common subexpressions merged), grouped into fused kernels, with their
 //! buffers placed by liveness.
+//!
+//! A kernel is a run of consecutive nodes (in recording order) over one domain: the same
+//! leading axes ("rows") and a last axis of the kernel's width or 1. Without a reduction it
+//! is a flat pass, one value at a time; with reductions it is a row pass: each row's
+//! reductions are computed in order and the values that use them (a norm's scaling, a
+//! softmax's division) in the same pass. A kernel writes only the values later kernels or
+//! the caller read, so a residual sum and its norm come out of one pass.
 
 use std::collections::HashMap;
 
 use super::memory::{plan_memory, MemoryPlan};
 use super::{Graph, Node, NodeId, Op};
 
-/// One fused kernel: it computes node `root` (of the plan's nodes) in one pass, evaluating
-/// the nodes of `fused` (inlined ancestors of `root`, inputs before users, `root` last) per
-/// position and reading every other input from a buffer.
+/// One fused kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
-    pub root: usize,
-    pub fused: Vec<usize>,
-    /// Nodes read from buffers (graph inputs or other kernels' roots), in first-use order.
+    /// The nodes it computes, inputs before users (constants it uses included).
+    pub nodes: Vec<usize>,
+    /// Those of `nodes` it writes to buffers (read by later kernels, or plan outputs).
+    pub writes: Vec<usize>,
+    /// Nodes read from buffers (graph inputs or other kernels' writes), in first-use order.
     pub reads: Vec<usize>,
+    /// The domain's leading axes; each node of the kernel has them.
+    pub lead: Vec<usize>,
+    /// The domain's last axis: each node's last axis is this or 1.
+    pub width: usize,
+    /// Whether it reduces rows (a row pass) or not (a flat pass).
+    pub reduces: bool,
+}
+
+impl Kernel {
+    /// Rows of its domain.
+    pub fn rows(&self) -> usize {
+        self.lead.iter().product()
+    }
 }
 
 /// A compiled graph.
@@ -27,7 +47,7 @@ pub struct Plan {
     pub outputs: Vec<usize>,
     /// In the order they run.
     pub kernels: Vec<Kernel>,
-    /// Where each kernel's result lives.
+    /// Where the values kernels pass to each other live (outputs get their own memory).
     pub memory: MemoryPlan,
     /// Nodes the recorded graph held, and those merged as common subexpressions.
     pub recorded: usize,
@@ -39,38 +59,20 @@ impl Plan {
     pub fn launches(&self) -> usize {
         self.kernels.len()
     }
+
+    /// Bytes of the plan's outputs.
+    pub fn output_bytes(&self) -> usize {
+        self.outputs
+            .iter()
+            .map(|&o| 4 * self.nodes[o].numel())
+            .sum()
+    }
 }
 
 /// Compiles what `outputs` need of `graph`.
 pub fn compile(graph: &Graph, outputs: &[NodeId]) -> Plan {
     let (nodes, outputs, merged) = live_unique(graph, outputs);
-    let consumers = consumers(&nodes);
-    let is_output = |i: usize| outputs.contains(&i);
-    // A node gets its own kernel (and buffer) unless its only user can compute it in the
-    // same pass at no extra cost: an elementwise user of the same shape (a reduction's
-    // epilogue, or a chain), or a reduction over it (its prologue). Never an input or output.
-    let inlined: Vec<bool> = (0..nodes.len())
-        .map(|i| {
-            let node = &nodes[i];
-            match node.op {
-                Op::Input(_) => false,
-                _ if is_output(i) => false,
-                Op::Constant(_) => true,
-                _ => match consumers[i].as_slice() {
-                    [user] => {
-                        let user = &nodes[*user];
-                        matches!(user.op, Op::Reduce(..))
-                            || (user.op.is_elementwise() && user.shape == node.shape)
-                    }
-                    _ => false,
-                },
-            }
-        })
-        .collect();
-    let kernels: Vec<Kernel> = (0..nodes.len())
-        .filter(|&i| !inlined[i] && !matches!(nodes[i].op, Op::Input(_)))
-        .map(|root| kernel(&nodes, &inlined, root))
-        .collect();
+    let kernels = group(&nodes, &outputs);
     let memory = plan_memory(&nodes, &kernels, &outputs);
     Plan {
         nodes,
@@ -80,6 +82,92 @@ pub fn compile(graph: &Graph, outputs: &[NodeId]) -> Plan {
         recorded: graph.nodes().len(),
         merged,
     }
+}
+
+/// The domain a node is computed over: leading axes and last axis (a reduction's are its
+/// operand's).
+fn domain(nodes: &[Node], i: usize) -> (Vec<usize>, usize) {
+    let dims = match nodes[i].op {
+        Op::Reduce(_, x) => nodes[x.0].dims(),
+        _ => nodes[i].dims(),
+    };
+    let (last, lead) = dims.split_last().expect("dims are never empty");
+    (lead.to_vec(), *last)
+}
+
+/// Whether node `i`, over `(lead, width)`, can be computed in kernel `k`'s pass.
+fn fits(k: &Kernel, nodes: &[Node], i: usize, lead: &[usize], width: usize) -> bool {
+    if lead != k.lead {
+        return false;
+    }
+    // A kernel of width 1 without reductions widens to the first wider node; its values
+    // become per-row values of the wider pass.
+    let widens = k.width == 1 && !k.reduces;
+    match nodes[i].op {
+        Op::Reduce(..) => width == k.width || widens,
+        _ => width == k.width || width == 1 || widens,
+    }
+}
+
+/// Groups the nodes into kernels: consecutive nodes that fit one domain share a pass.
+/// Constants are computed inline by every kernel that uses them.
+fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
+    let mut kernel_of: Vec<Option<usize>> = vec![None; nodes.len()];
+    let mut kernels: Vec<Kernel> = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        match node.op {
+            Op::Input(_) => continue,
+            Op::Constant(_) if !outputs.contains(&i) => continue,
+            _ => {}
+        }
+        let (lead, width) = domain(nodes, i);
+        if !kernels
+            .last()
+            .is_some_and(|k| fits(k, nodes, i, &lead, width))
+        {
+            kernels.push(Kernel {
+                nodes: Vec::new(),
+                writes: Vec::new(),
+                reads: Vec::new(),
+                lead,
+                width,
+                reduces: false,
+            });
+        }
+        let index = kernels.len() - 1;
+        let k = &mut kernels[index];
+        k.width = k.width.max(width);
+        k.reduces |= matches!(node.op, Op::Reduce(..));
+        for input in node.op.inputs() {
+            let j = input.0;
+            if matches!(nodes[j].op, Op::Constant(_)) {
+                if !k.nodes.contains(&j) {
+                    k.nodes.push(j);
+                }
+            } else if kernel_of[j] != Some(index) && !k.reads.contains(&j) {
+                k.reads.push(j);
+            }
+        }
+        k.nodes.push(i);
+        kernel_of[i] = Some(index);
+    }
+    // A kernel writes what the caller or another kernel reads.
+    let mut read_elsewhere = vec![false; nodes.len()];
+    for k in &kernels {
+        for &r in &k.reads {
+            read_elsewhere[r] = true;
+        }
+    }
+    for (index, k) in kernels.iter_mut().enumerate() {
+        k.nodes.sort_unstable(); // topological: the plan's numbering is
+        k.writes = k
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&i| kernel_of[i] == Some(index) && (read_elsewhere[i] || outputs.contains(&i)))
+            .collect();
+    }
+    kernels
 }
 
 /// The nodes `outputs` reach, each distinct computation once, in topological order; the
@@ -139,44 +227,6 @@ impl Key {
     }
 }
 
-/// Each node's users, in order.
-fn consumers(nodes: &[Node]) -> Vec<Vec<usize>> {
-    let mut users = vec![Vec::new(); nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        for input in node.op.inputs() {
-            if !users[input.0].contains(&i) {
-                users[input.0].push(i);
-            }
-        }
-    }
-    users
-}
-
-/// The kernel that computes `root`: its inlined ancestors and the buffers it reads.
-fn kernel(nodes: &[Node], inlined: &[bool], root: usize) -> Kernel {
-    let mut fused = Vec::new();
-    let mut reads = Vec::new();
-    let mut stack = vec![root];
-    let mut in_kernel = vec![false; nodes.len()];
-    in_kernel[root] = true;
-    while let Some(i) = stack.pop() {
-        fused.push(i);
-        for input in nodes[i].op.inputs() {
-            let j = input.0;
-            if inlined[j] {
-                if !in_kernel[j] {
-                    in_kernel[j] = true;
-                    stack.push(j);
-                }
-            } else if !reads.contains(&j) {
-                reads.push(j);
-            }
-        }
-    }
-    fused.sort_unstable(); // topological: the plan's numbering is
-    Kernel { root, fused, reads }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{Binary, Reduce, Unary};
@@ -199,23 +249,41 @@ mod tests {
     }
 
     #[test]
-    fn rms_norm_fuses_into_two_passes() {
+    fn a_norm_and_its_residual_sum_take_one_pass() {
         let mut g = Graph::new();
         let x = g.input(&[3, 8]);
+        let y = g.input(&[3, 8]);
         let w = g.input(&[8]);
-        let y = g.rms_norm(x, w, 1e-5).unwrap();
-        let plan = compile(&g, &[y]);
-        // Pass 1: rsqrt(sum(x^2) / d + eps) per row (square, reduction and epilogue fused);
-        // pass 2: x * r * w.
-        assert_eq!(plan.launches(), 2, "{:#?}", plan.kernels);
-        let first = &plan.kernels[0];
-        assert!(first
-            .fused
-            .iter()
-            .any(|&i| matches!(plan.nodes[i].op, Op::Reduce(Reduce::Sum, _))));
-        assert!(first
-            .fused
-            .iter()
-            .any(|&i| matches!(plan.nodes[i].op, Op::Unary(Unary::Square, _))));
+        let sum = g.binary(Binary::Add, x, y).unwrap();
+        let normed = g.rms_norm(sum, w, 1e-5).unwrap();
+        let plan = compile(&g, &[sum, normed]);
+        // The sum, its squares, their sum, rsqrt and the scaling: one row pass, two writes.
+        assert_eq!(plan.launches(), 1, "{plan}");
+        let k = &plan.kernels[0];
+        assert!(k.reduces);
+        assert_eq!(k.writes, plan.outputs);
+        assert_eq!(plan.memory.arena, 0, "nothing passes between kernels");
+    }
+
+    #[test]
+    fn softmax_takes_one_pass_and_a_wider_op_another() {
+        let mut g = Graph::new();
+        let x = g.input(&[2, 5]);
+        let m = g.reduce(Reduce::Max, x).unwrap();
+        let shifted = g.binary(Binary::Sub, x, m).unwrap();
+        let e = g.unary(Unary::Exp, shifted);
+        let s = g.reduce(Reduce::Sum, e).unwrap();
+        let p = g.binary(Binary::Div, e, s).unwrap();
+        // A value over other rows cannot join the row pass.
+        let t = g.input(&[4, 2, 5]);
+        let q = g.binary(Binary::Mul, t, p).unwrap();
+        let plan = compile(&g, &[q]);
+        assert_eq!(plan.launches(), 2, "{plan}");
+        assert_eq!(
+            plan.kernels[0].writes.len(),
+            1,
+            "only p leaves the row pass"
+        );
+        assert_eq!(plan.memory.buffers.len(), 1);
     }
 }

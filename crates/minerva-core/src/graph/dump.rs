@@ -1,5 +1,6 @@
-//! A plan as text, for a developer to see what fused: one line per kernel, its fused nodes
-//! and the buffers it reads and writes.
+//! A plan as text, for a developer to see what fused: one line per kernel (its form and
+//! domain, the nodes it computes, what it reads and writes), then the buffers between
+//! kernels.
 
 use std::fmt;
 
@@ -9,28 +10,42 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "plan: {} nodes recorded, {} live, {} merged, {} kernels, peak {} bytes \
-             ({} without reuse)",
+            "plan: {} nodes recorded, {} live, {} merged, {} kernels, {} output bytes, \
+             {} bytes between kernels at peak ({} without reuse)",
             self.recorded,
             self.nodes.len(),
             self.merged,
             self.kernels.len(),
+            self.output_bytes(),
             self.memory.peak_bytes(),
             4 * self.memory.unshared
         )?;
         for (k, kernel) in self.kernels.iter().enumerate() {
-            let b = &self.memory.buffers[k];
-            let fused: Vec<String> = kernel.fused.iter().map(|&i| node_text(self, i)).collect();
-            let reads: Vec<String> = kernel.reads.iter().map(|r| format!("%{r}")).collect();
+            let fused: Vec<String> = kernel.nodes.iter().map(|&i| node_text(self, i)).collect();
+            let list = |nodes: &[usize]| -> String {
+                let names: Vec<String> = nodes.iter().map(|r| format!("%{r}")).collect();
+                names.join(" ")
+            };
+            let form = if kernel.reduces { "rows" } else { "flat" };
             writeln!(
                 f,
-                "k{k}: %{} {:?} at [{}..{}) <- {} | reads {}",
-                kernel.root,
-                self.nodes[kernel.root].shape,
+                "k{k} {form} {:?}x{}: {} | reads {} | writes {}",
+                kernel.lead,
+                kernel.width,
+                fused.join("; "),
+                list(&kernel.reads),
+                list(&kernel.writes)
+            )?;
+        }
+        for b in &self.memory.buffers {
+            writeln!(
+                f,
+                "buffer %{} at [{}..{}), kernels {}..={}",
+                b.node,
                 b.offset,
                 b.offset + b.len,
-                fused.join("; "),
-                reads.join(" ")
+                b.first,
+                b.last
             )?;
         }
         let outputs: Vec<String> = self.outputs.iter().map(|o| format!("%{o}")).collect();

@@ -1,11 +1,11 @@
-//! Buffers of a plan's kernels in one arena: a buffer lives from the kernel that writes it
-//! to the last kernel that reads it (outputs to the end), and a later buffer may take the
-//! place of one that died (first fit, lowest offset).
+//! Values kernels pass to each other, in one arena: a buffer lives from the kernel that
+//! writes it to the last kernel that reads it, and a later buffer may take the place of one
+//! that died (first fit, lowest offset).
 
 use super::{Kernel, Node};
 
-/// Where a kernel's result lives: `len` f32 values from `offset` in the arena, alive while
-/// kernels `first..=last` run.
+/// Where a value passed between kernels lives: `len` f32 values from `offset` in the arena,
+/// alive while kernels `first..=last` run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buffer {
     pub node: usize,
@@ -28,7 +28,7 @@ impl Buffer {
 
 #[derive(Clone, Debug, Default)]
 pub struct MemoryPlan {
-    /// One per kernel, in kernel order.
+    /// One per value passed between kernels, in the order kernels write them.
     pub buffers: Vec<Buffer>,
     /// Arena length (f32 values): the peak of live activations.
     pub arena: usize,
@@ -42,7 +42,7 @@ impl MemoryPlan {
         self.buffers.iter().find(|b| b.node == node)
     }
 
-    /// Peak activation bytes.
+    /// Peak bytes of values passed between kernels.
     pub fn peak_bytes(&self) -> usize {
         4 * self.arena
     }
@@ -61,33 +61,25 @@ impl MemoryPlan {
     }
 }
 
-/// Places the buffer of each kernel's root.
+/// Places the buffer of each value one kernel writes and later ones read (outputs are not
+/// placed: they outlive the plan's run in memory of their own).
 pub(crate) fn plan_memory(nodes: &[Node], kernels: &[Kernel], outputs: &[usize]) -> MemoryPlan {
-    let end = kernels.len().saturating_sub(1);
-    let mut buffers: Vec<Buffer> = kernels
-        .iter()
-        .enumerate()
-        .map(|(k, kernel)| {
-            let last = if outputs.contains(&kernel.root) {
-                end
-            } else {
-                kernels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, user)| user.reads.contains(&kernel.root))
-                    .map(|(u, _)| u)
-                    .max()
-                    .unwrap_or(k)
-            };
-            Buffer {
-                node: kernel.root,
+    let mut buffers: Vec<Buffer> = Vec::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        for &node in kernel.writes.iter().filter(|w| !outputs.contains(w)) {
+            let last = (k..kernels.len())
+                .filter(|&u| kernels[u].reads.contains(&node))
+                .max()
+                .unwrap_or(k);
+            buffers.push(Buffer {
+                node,
                 offset: 0,
-                len: nodes[kernel.root].numel(),
+                len: nodes[node].numel(),
                 first: k,
                 last,
-            }
-        })
-        .collect();
+            });
+        }
+    }
     let mut arena = 0;
     for i in 0..buffers.len() {
         // Intervals taken by buffers alive at the same time, by offset.

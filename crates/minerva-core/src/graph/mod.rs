@@ -1,10 +1,11 @@
 //! A compute graph recorded once and compiled into a plan that is replayed: the lazy half
 //! of an MLX-style engine. A [`Graph`] records f32 ops as nodes (nothing runs); [`compile`]
 //! turns the nodes its outputs need into a [`Plan`]: dead nodes dropped, common
-//! subexpressions merged, chains of elementwise ops (with a row reduction and its epilogue)
-//! fused into one kernel each, and the kernels' buffers placed in one arena by liveness.
-//! Backends run plans (`backends::cpu::fused`); [`Compiled`] keeps one plan per input-shape
-//! bucket.
+//! subexpressions merged, runs of elementwise ops and row reductions fused into one kernel
+//! each (a norm, a softmax, a residual sum with the norm of it: one pass, writing only what
+//! is read later), and the values passed between kernels placed in one arena by liveness.
+//! Backends run plans (`backends::cpu::fused`, `backends::cuda::fused`); [`Compiled`] keeps
+//! one plan per input-shape bucket.
 //!
 //! Broadcasting follows NumPy: shapes align at their last axis and an axis of 1 stretches.
 //! Reductions run over the last axis and keep it (as 1).

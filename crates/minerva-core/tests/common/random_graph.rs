@@ -53,9 +53,9 @@ pub const EXACT_UNARY: [Unary; 5] = [
     Unary::Square,
 ];
 
-/// A random graph over inputs that broadcast to `[rows, cols]`, with unary ops from `unary`,
-/// and some of its nodes as outputs.
-pub fn random_graph(rng: &mut Rng, unary: &[Unary]) -> (Graph, Vec<NodeId>) {
+/// A random graph over inputs that broadcast to `[rows, cols]`, with unary ops from `unary`
+/// and reductions from `reductions`, and some of its nodes as outputs.
+pub fn random_graph(rng: &mut Rng, unary: &[Unary], reductions: &[Reduce]) -> (Graph, Vec<NodeId>) {
     let (rows, cols) = (1 + rng.below(5), 1 + rng.below(9));
     let shapes = [vec![rows, cols], vec![cols], vec![rows, 1], vec![1, cols]];
     let mut g = Graph::new();
@@ -77,12 +77,8 @@ pub fn random_graph(rng: &mut Rng, unary: &[Unary]) -> (Graph, Vec<NodeId>) {
                 if g.shape(x).is_empty() {
                     continue;
                 }
-                let op = if rng.below(2) == 0 {
-                    Reduce::Sum
-                } else {
-                    Reduce::Max
-                };
-                g.reduce(op, x).unwrap()
+                g.reduce(reductions[rng.below(reductions.len())], x)
+                    .unwrap()
             }
         };
         nodes.push(id);

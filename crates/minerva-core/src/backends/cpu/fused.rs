@@ -4,7 +4,7 @@
 //! reference the fused passes must match bit for bit (same f32 operations per value, sums
 //! from the first value to the last).
 
-use crate::graph::{Binary, Graph, Node, NodeId, Op, Plan, Reduce, Unary};
+use crate::graph::{Binary, Buffer, Graph, Kernel, Node, NodeId, Op, Plan, Reduce, Unary};
 use crate::{Error, Result};
 
 fn unary(op: Unary, x: f32) -> f32 {
@@ -106,6 +106,27 @@ fn input<'a>(inputs: &[&'a [f32]], i: usize, node: &Node) -> Result<&'a [f32]> {
     Ok(values)
 }
 
+/// Where a kernel finds a node's values.
+#[derive(Clone, Copy)]
+enum Place {
+    Input(usize),
+    /// The first of the plan's outputs that is this node.
+    Output(usize),
+    Arena(Buffer),
+}
+
+impl Place {
+    fn of(plan: &Plan, node: usize) -> Place {
+        match plan.nodes[node].op {
+            Op::Input(i) => Place::Input(i),
+            _ => match plan.outputs.iter().position(|&o| o == node) {
+                Some(o) => Place::Output(o),
+                None => Place::Arena(*plan.memory.of(node).expect("values between kernels")),
+            },
+        }
+    }
+}
+
 /// Runs `plan` on `inputs` and returns its outputs. With `poison`, every buffer is filled
 /// with NaN once its last reader has run, so a plan that reused live memory would show.
 pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<f32>>> {
@@ -115,51 +136,94 @@ pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<
         }
     }
     let mut arena = vec![0.0f32; plan.memory.arena];
+    let mut outputs: Vec<Vec<f32>> = plan
+        .outputs
+        .iter()
+        .map(|&o| vec![0.0; plan.nodes[o].numel()])
+        .collect();
     for (k, kernel) in plan.kernels.iter().enumerate() {
-        let out = plan.memory.buffers[k];
-        // The buffers this kernel reads, from the inputs or the arena.
-        let mut sources: Vec<(usize, &[f32])> = Vec::with_capacity(kernel.reads.len());
-        for &r in &kernel.reads {
-            let values: &[f32] = match plan.nodes[r].op {
-                Op::Input(i) => inputs[i],
-                _ => {
-                    let b = plan.memory.of(r).expect("a kernel writes every read");
-                    if b.overlaps(&out) {
-                        return Err(Error::Device(format!(
-                            "graph memory plan: kernel {k} writes over a buffer it reads"
-                        )));
-                    }
-                    // SAFETY: `b` lies inside the arena (the planner sized the arena to
-                    // hold every buffer) and does not overlap `out`, the only range
-                    // written while this slice lives (checked just above).
-                    unsafe { std::slice::from_raw_parts(arena.as_ptr().add(b.offset), b.len) }
-                }
-            };
-            sources.push((r, values));
+        let places: Vec<Place> = kernel.reads.iter().map(|&r| Place::of(plan, r)).collect();
+        let targets: Vec<Place> = kernel.writes.iter().map(|&w| Place::of(plan, w)).collect();
+        // Arena ranges written must not meet each other or any range read.
+        let written: Vec<Buffer> = targets
+            .iter()
+            .filter_map(|t| match t {
+                Place::Arena(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        for (i, w) in written.iter().enumerate() {
+            let read = places.iter().filter_map(|p| match p {
+                Place::Arena(b) => Some(b),
+                _ => None,
+            });
+            if written[..i].iter().chain(read).any(|b| b.overlaps(w)) {
+                return Err(Error::Device(format!(
+                    "graph memory plan: kernel {k} writes over a buffer it uses"
+                )));
+            }
         }
-        // SAFETY: `out` lies inside the arena and overlaps none of `sources` (checked above).
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(arena.as_mut_ptr().add(out.offset), out.len) };
-        run_kernel(plan, kernel.root, &kernel.fused, &sources, dst);
+        let arena_ptr = arena.as_mut_ptr();
+        let sources: Vec<(usize, &[f32])> = kernel
+            .reads
+            .iter()
+            .zip(&places)
+            .map(|(&r, place)| {
+                let values: &[f32] = match *place {
+                    Place::Input(i) => inputs[i],
+                    Place::Output(o) => {
+                        // SAFETY: output `o` is a node an earlier kernel wrote; this kernel
+                        // writes only its own nodes, so this vector is not written while
+                        // the slice lives.
+                        unsafe { std::slice::from_raw_parts(outputs[o].as_ptr(), outputs[o].len()) }
+                    }
+                    // SAFETY: `b` lies inside the arena (the planner sized it to hold every
+                    // buffer) and no range written while this slice lives overlaps it
+                    // (checked above).
+                    Place::Arena(b) => unsafe {
+                        std::slice::from_raw_parts(arena_ptr.add(b.offset), b.len)
+                    },
+                };
+                (r, values)
+            })
+            .collect();
+        let mut dsts: Vec<(usize, &mut [f32])> = kernel
+            .writes
+            .iter()
+            .zip(&targets)
+            .map(|(&w, target)| {
+                let values: &mut [f32] = match *target {
+                    Place::Input(_) => unreachable!("kernels never write inputs"),
+                    // SAFETY: each written node is a distinct output vector, read by no
+                    // kernel before this one finishes.
+                    Place::Output(o) => unsafe {
+                        std::slice::from_raw_parts_mut(outputs[o].as_mut_ptr(), outputs[o].len())
+                    },
+                    // SAFETY: inside the arena, and overlapping no other range this kernel
+                    // reads or writes (checked above).
+                    Place::Arena(b) => unsafe {
+                        std::slice::from_raw_parts_mut(arena_ptr.add(b.offset), b.len)
+                    },
+                };
+                (w, values)
+            })
+            .collect();
+        run_kernel(plan, kernel, &sources, &mut dsts);
         if poison {
             for b in plan.memory.buffers.iter().filter(|b| b.last == k) {
-                if !plan.outputs.contains(&b.node) {
-                    arena[b.offset..b.offset + b.len].fill(f32::NAN);
-                }
+                arena[b.offset..b.offset + b.len].fill(f32::NAN);
             }
         }
     }
-    Ok(plan
-        .outputs
-        .iter()
-        .map(|&o| match plan.nodes[o].op {
-            Op::Input(i) => inputs[i].to_vec(),
-            _ => {
-                let b = plan.memory.of(o).expect("outputs have buffers");
-                arena[b.offset..b.offset + b.len].to_vec()
-            }
-        })
-        .collect())
+    // An output that is an input, or the same node as an earlier output, is a copy.
+    for (o, &node) in plan.outputs.iter().enumerate() {
+        match Place::of(plan, node) {
+            Place::Input(i) => outputs[o] = inputs[i].to_vec(),
+            Place::Output(first) if first != o => outputs[o] = outputs[first].clone(),
+            _ => {}
+        }
+    }
+    Ok(outputs)
 }
 
 /// Where a fused node reads an operand.
@@ -202,17 +266,15 @@ impl RowOperand<'_> {
     }
 }
 
-/// One fused kernel: `dst` (the root's values) a row at a time.
+/// One fused kernel, a row of its domain at a time: each node's values along the row into
+/// row scratch, then the written ones out.
 fn run_kernel(
     plan: &Plan,
-    root: usize,
-    fused: &[usize],
+    kernel: &Kernel,
     sources: &[(usize, &[f32])],
-    dst: &mut [f32],
+    dsts: &mut [(usize, &mut [f32])],
 ) {
-    let root_shape = plan.nodes[root].dims();
-    let width = *root_shape.last().expect("dims are never empty");
-    let rows = dst.len() / width.max(1);
+    let fused = &kernel.nodes;
     let slot = |node: usize| fused.iter().position(|&f| f == node);
     // Each fused node's operands, found once.
     let operands: Vec<Vec<Operand>> = fused
@@ -234,7 +296,11 @@ fn run_kernel(
         .iter()
         .map(|&i| vec![0.0; *plan.nodes[i].dims().last().unwrap()])
         .collect();
-    for row in 0..rows {
+    let written: Vec<usize> = dsts
+        .iter()
+        .map(|(w, _)| slot(*w).expect("a kernel writes its own nodes"))
+        .collect();
+    for row in 0..kernel.rows() {
         for (s, &i) in fused.iter().enumerate() {
             let node = &plan.nodes[i];
             // A reduction reads its operand over the operand's own last axis.
@@ -281,7 +347,10 @@ fn run_kernel(
             }
             scratch[s] = out;
         }
-        let root_row = &scratch[slot(root).expect("the root is fused")];
-        dst[row * width..(row + 1) * width].copy_from_slice(root_row);
+        for ((_, dst), &s) in dsts.iter_mut().zip(&written) {
+            let values = &scratch[s];
+            let w = values.len();
+            dst[row * w..(row + 1) * w].copy_from_slice(values);
+        }
     }
 }

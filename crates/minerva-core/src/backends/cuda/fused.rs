@@ -1,8 +1,10 @@
 //! Compiled graphs on CUDA (`crate::graph`): each fused kernel of a plan becomes one
-//! generated CUDA kernel (one thread per value of its result, the inlined nodes evaluated in
-//! registers, a row reduction as a loop), compiled by NVRTC once per plan and cached by its
-//! source. Compiled without fused multiply-adds and with IEEE division and square roots, so
-//! a plan without exp or tanh gives the CPU's bits.
+//! generated CUDA kernel, compiled by NVRTC once per plan and cached by its source. A flat
+//! kernel gives each thread values of its domain, every fused node evaluated in registers;
+//! a row kernel gives each block a row, sweeping it once per reduction (block-wide, by
+//! warp shuffles) and once more for the values it writes. Compiled without fused
+//! multiply-adds and with IEEE division and square roots, so flat plans without exp or tanh
+//! give the CPU's bits; row sums add in a different order than the CPU's.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -11,132 +13,283 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{result as cu, sys};
 
 use super::{compile, CudaDevice};
-use crate::graph::{Binary, NodeId, Op, Plan, Reduce, Unary};
+use crate::graph::{Binary, Kernel, Op, Plan, Reduce, Unary};
 use crate::{Array, DType, Error, Result};
 
 fn float(v: f32) -> String {
     format!("__int_as_float(0x{:08x})", v.to_bits())
 }
 
-/// CUDA C for plan kernel `k`, named `fused_{k}`: parameters are the buffers it reads (in
-/// `Kernel::reads` order), then its output.
-fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
-    let kernel = &plan.kernels[k];
-    let param = |node: usize| kernel.reads.iter().position(|&r| r == node);
-    // Node `x`'s value at (row, column `j`) as read by a node of `shape`.
-    let operand = |x: NodeId, shape: &[usize], j: &str| -> String {
-        let node = &plan.nodes[x.0];
+/// Block-wide reductions every row kernel uses: each thread's partial in, the row's value
+/// out to every thread. XOR butterflies of a commutative op leave every lane the same bits,
+/// and every warp folds the warps' partials alike.
+const PRELUDE: &str = "
+template <typename F>
+__device__ __forceinline__ float block_fold(float v, float* red, float identity, F f) {
+  for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? red[lane] : identity;
+  for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+struct SumOp { __device__ float operator()(float a, float b) const { return a + b; } };
+struct MaxOp { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+";
+
+/// How kernel `k`'s nodes read their operands and compute their values.
+struct Gen<'a> {
+    plan: &'a Plan,
+    kernel: &'a Kernel,
+}
+
+impl Gen<'_> {
+    /// Node `x`'s value at (`row`, column `j`) as read by a node of `dims`.
+    fn operand(&self, x: usize, dims: &[usize], j: &str) -> String {
+        let node = &self.plan.nodes[x];
+        if self.kernel.nodes.contains(&x) {
+            return match node.op {
+                Op::Constant(c) => float(c),
+                _ => format!("n{x}"),
+            };
+        }
+        // A buffer: its flat offset from the row's indices over the domain's leading axes.
         let xd = node.dims();
-        let col = if *xd.last().unwrap() == 1 { "0" } else { j };
-        if kernel.fused.contains(&x.0) {
-            return format!("v{}(R, row, {col})", x.0);
-        }
-        if let Op::Constant(c) = node.op {
-            return float(c);
-        }
-        // A buffer: its flat offset from the row's indices over `shape`'s leading axes.
-        let lead = &shape[..shape.len() - 1];
-        let pad = shape.len() - xd.len();
+        let lead = &self.kernel.lead;
+        let pad = dims.len() - xd.len();
         let mut offset = String::from("0");
         for (d, &size) in xd.iter().enumerate() {
             let axis = pad + d;
             let index = if size == 1 {
                 "0".to_string()
-            } else if axis == shape.len() - 1 {
-                col.to_string()
+            } else if axis == dims.len() - 1 {
+                j.to_string()
             } else {
                 let inner: usize = lead[axis + 1..].iter().product();
-                format!("((row / {inner}L) % {})", lead[axis])
+                format!("((row / {inner}L) % {}L)", lead[axis])
             };
             offset = format!("({offset}) * {size}L + {index}");
         }
-        let p = param(x.0).expect("a read");
-        format!("R.in{p}[{offset}]")
-    };
-    for &i in &kernel.fused {
-        let node = &plan.nodes[i];
-        let shape = node.dims();
-        let body = match node.op {
-            Op::Constant(c) => format!("return {};", float(c)),
-            Op::Input(_) => unreachable!("inputs are read, never fused"),
+        let p = self.kernel.reads.iter().position(|&r| r == x);
+        format!("in{}[{offset}]", p.expect("a read"))
+    }
+
+    /// `const float n{i} = ...;` for an elementwise node (or a constant).
+    fn elementwise(&self, i: usize) -> String {
+        let node = &self.plan.nodes[i];
+        let dims = node.dims();
+        let e = match node.op {
+            Op::Constant(_) => return String::new(),
             Op::Unary(op, x) => {
-                let a = operand(x, &shape, "j");
-                let e: String = match op {
-                    Unary::Neg => "-a".into(),
-                    Unary::Exp => "expf(a)".into(),
-                    Unary::Recip => "1.0f / a".into(),
-                    Unary::Sqrt => "sqrtf(a)".into(),
-                    Unary::Rsqrt => "1.0f / sqrtf(a)".into(),
-                    Unary::Square => "a * a".into(),
-                    Unary::Sigmoid => "1.0f / (1.0f + expf(-a))".into(),
-                    Unary::Silu => "a / (1.0f + expf(-a))".into(),
-                    Unary::Tanh => "tanhf(a)".into(),
-                };
-                format!("const float a = {a}; return {e};")
+                let a = self.operand(x.0, &dims, "j");
+                match op {
+                    Unary::Neg => format!("-({a})"),
+                    Unary::Exp => format!("expf({a})"),
+                    Unary::Recip => format!("1.0f / ({a})"),
+                    Unary::Sqrt => format!("sqrtf({a})"),
+                    Unary::Rsqrt => format!("1.0f / sqrtf({a})"),
+                    Unary::Square => format!("({a}) * ({a})"),
+                    Unary::Sigmoid => format!("1.0f / (1.0f + expf(-({a})))"),
+                    Unary::Silu => format!("({a}) / (1.0f + expf(-({a})))"),
+                    Unary::Tanh => format!("tanhf({a})"),
+                }
             }
             Op::Binary(op, x, y) => {
-                let (a, b) = (operand(x, &shape, "j"), operand(y, &shape, "j"));
-                let e = match op {
-                    Binary::Add => "a + b",
-                    Binary::Sub => "a - b",
-                    Binary::Mul => "a * b",
-                    Binary::Div => "a / b",
-                    Binary::Max => "fmaxf(a, b)",
-                    Binary::Min => "fminf(a, b)",
-                };
-                format!("const float a = {a}, b = {b}; return {e};")
+                let (a, b) = (self.operand(x.0, &dims, "j"), self.operand(y.0, &dims, "j"));
+                match op {
+                    Binary::Add => format!("({a}) + ({b})"),
+                    Binary::Sub => format!("({a}) - ({b})"),
+                    Binary::Mul => format!("({a}) * ({b})"),
+                    Binary::Div => format!("({a}) / ({b})"),
+                    Binary::Max => format!("fmaxf({a}, {b})"),
+                    Binary::Min => format!("fminf({a}, {b})"),
+                }
             }
-            Op::Reduce(op, x) => {
-                let xd = plan.nodes[x.0].dims();
-                let len = *xd.last().unwrap();
-                let v = operand(x, &xd, "c");
-                let (init, step) = match op {
-                    Reduce::Sum => ("0.0f".to_string(), "acc + v"),
-                    Reduce::Max => (float(f32::NEG_INFINITY), "fmaxf(acc, v)"),
-                };
-                format!(
-                    "float acc = {init}; for (int c = 0; c < {len}; c++) {{ const float v = {v}; \
-                     acc = {step}; }} return acc;"
-                )
-            }
+            Op::Input(_) | Op::Reduce(..) => unreachable!("not elementwise"),
         };
-        let _ = writeln!(
-            src,
-            "__device__ __forceinline__ float v{i}(const Reads{k}& R, long row, int j) {{ {body} }}"
-        );
+        format!("const float n{i} = {e};\n")
     }
-    // The inputs reach the node functions through a struct of pointers.
-    let root = plan.nodes[kernel.root].dims();
-    let width = *root.last().unwrap();
-    let numel: usize = root.iter().product();
-    let params: Vec<String> = (0..kernel.reads.len())
+
+    /// The store of written node `i` (the `o`-th write) at (`row`, `j`).
+    fn store(&self, o: usize, i: usize) -> String {
+        let width = *self.plan.nodes[i].dims().last().unwrap();
+        if width == 1 && self.kernel.width > 1 {
+            format!("if (j == 0) out{o}[row] = n{i};\n")
+        } else {
+            format!("out{o}[row * {width}L + j] = n{i};\n")
+        }
+    }
+
+    /// The value reduction `r` starts from.
+    fn identity(&self, r: usize) -> String {
+        match self.plan.nodes[r].op {
+            Op::Reduce(Reduce::Sum, _) => "0.0f".to_string(),
+            _ => float(f32::NEG_INFINITY),
+        }
+    }
+
+    /// Whether node `i` has one value per row of a wider row kernel (a reduction, or a
+    /// value computed from reductions and per-row operands).
+    fn per_row(&self, i: usize) -> bool {
+        matches!(self.plan.nodes[i].op, Op::Reduce(..))
+            || (*self.plan.nodes[i].dims().last().unwrap() == 1 && self.kernel.width > 1)
+    }
+
+    /// A flat kernel's body for the value at (`row`, `j`): every node, then the stores.
+    fn flat_body(&self) -> String {
+        let mut body = String::new();
+        for &i in &self.kernel.nodes {
+            body += &self.elementwise(i);
+        }
+        for (o, &w) in self.kernel.writes.iter().enumerate() {
+            body += &self.store(o, w);
+        }
+        body
+    }
+
+    /// A row kernel's body for one row: per stage, the per-row values it can now compute,
+    /// then a sweep over the row computing what the stage's reductions and stores need.
+    fn row_body(&self) -> String {
+        let nodes = &self.kernel.nodes;
+        let inside =
+            |x: usize| nodes.contains(&x) && !matches!(self.plan.nodes[x].op, Op::Constant(_));
+        // Stage of a node: how many reductions must finish before it can be computed.
+        let mut stage: HashMap<usize, usize> = HashMap::new();
+        for &i in nodes {
+            let before = self.plan.nodes[i]
+                .op
+                .inputs()
+                .iter()
+                .filter(|x| inside(x.0))
+                .map(|x| stage[&x.0])
+                .max()
+                .unwrap_or(0);
+            let s = match self.plan.nodes[i].op {
+                Op::Reduce(..) => before + 1,
+                _ => before,
+            };
+            stage.insert(i, s);
+        }
+        let last = nodes.iter().map(|i| stage[i]).max().unwrap_or(0);
+        let mut body = String::new();
+        for s in 0..=last {
+            for &i in nodes.iter().filter(|&&i| stage[&i] == s && self.per_row(i)) {
+                if let Op::Reduce(..) = self.plan.nodes[i].op {
+                    continue; // finished after the previous sweep
+                }
+                body += &self.elementwise(i);
+                if let Some(o) = self.kernel.writes.iter().position(|&w| w == i) {
+                    body += &format!("if (threadIdx.x == 0) out{o}[row] = n{i};\n");
+                }
+            }
+            // Reductions finishing after this sweep, and wide values written in it.
+            let reductions: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|&i| matches!(self.plan.nodes[i].op, Op::Reduce(..)) && stage[&i] == s + 1)
+                .collect();
+            let stores: Vec<(usize, usize)> = self
+                .kernel
+                .writes
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(_, w)| !self.per_row(w) && stage[&w] == s)
+                .collect();
+            if reductions.is_empty() && stores.is_empty() {
+                continue;
+            }
+            // The wide values the sweep needs, inputs before users.
+            let mut needed: Vec<usize> = Vec::new();
+            let mut stack: Vec<usize> = stores.iter().map(|&(_, w)| w).collect();
+            for &r in &reductions {
+                stack.extend(self.plan.nodes[r].op.inputs().iter().map(|x| x.0));
+            }
+            while let Some(i) = stack.pop() {
+                if inside(i) && !self.per_row(i) && !needed.contains(&i) {
+                    needed.push(i);
+                    stack.extend(self.plan.nodes[i].op.inputs().iter().map(|x| x.0));
+                }
+            }
+            needed.sort_unstable();
+            for &r in &reductions {
+                body += &format!("float acc{r} = {};\n", self.identity(r));
+            }
+            body += &format!(
+                "for (long j = threadIdx.x; j < {}L; j += blockDim.x) {{\n",
+                self.kernel.width
+            );
+            for &i in &needed {
+                body += &self.elementwise(i);
+            }
+            for &r in &reductions {
+                let Op::Reduce(op, x) = self.plan.nodes[r].op else {
+                    unreachable!()
+                };
+                let v = self.operand(x.0, &self.plan.nodes[x.0].dims(), "j");
+                body += &match op {
+                    Reduce::Sum => format!("acc{r} = acc{r} + ({v});\n"),
+                    Reduce::Max => format!("acc{r} = fmaxf(acc{r}, {v});\n"),
+                };
+            }
+            for &(o, w) in &stores {
+                body += &self.store(o, w);
+            }
+            body += "}\n";
+            for &r in &reductions {
+                let f = match self.plan.nodes[r].op {
+                    Op::Reduce(Reduce::Sum, _) => "SumOp()",
+                    _ => "MaxOp()",
+                };
+                let identity = self.identity(r);
+                body += &format!("const float n{r} = block_fold(acc{r}, red, {identity}, {f});\n");
+                if let Some(o) = self.kernel.writes.iter().position(|&w| w == r) {
+                    body += &format!("if (threadIdx.x == 0) out{o}[row] = n{r};\n");
+                }
+            }
+        }
+        body
+    }
+}
+
+/// CUDA C for plan kernel `k`, named `fused_{k}`: parameters are the buffers it reads (in
+/// `Kernel::reads` order), then those it writes (in `Kernel::writes` order).
+fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
+    let kernel = &plan.kernels[k];
+    let gen = Gen { plan, kernel };
+    let mut params: Vec<String> = (0..kernel.reads.len())
         .map(|p| format!("const float* __restrict__ in{p}"))
         .collect();
+    params.extend((0..kernel.writes.len()).map(|o| format!("float* __restrict__ out{o}")));
+    let (rows, width) = (kernel.rows(), kernel.width);
+    let body = if kernel.reduces {
+        format!(
+            "__shared__ float red[32];\n\
+             for (long row = blockIdx.x; row < {rows}L; row += gridDim.x) {{\n{}}}\n",
+            gen.row_body()
+        )
+    } else {
+        format!(
+            "for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < {}L; \
+             i += (long)gridDim.x * blockDim.x) {{\n\
+             const long row = i / {width}L, j = i % {width}L;\n{}}}\n",
+            rows * width,
+            gen.flat_body()
+        )
+    };
     let _ = writeln!(
         src,
-        "extern \"C\" __global__ void fused_{k}({}float* __restrict__ out) {{\n  \
-         const Reads{k} R{{{}}};\n  \
-         for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < {numel}L; \
-         i += (long)gridDim.x * blockDim.x) {{\n    \
-         out[i] = v{}(R, i / {width}L, (int)(i % {width}L));\n  }}\n}}",
-        params.iter().map(|p| format!("{p}, ")).collect::<String>(),
-        (0..kernel.reads.len())
-            .map(|p| format!("in{p}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        kernel.root
+        "extern \"C\" __global__ void fused_{k}({}) {{\n{body}}}",
+        params.join(", ")
     );
 }
 
-/// The whole plan's source: per kernel a struct of its input pointers (what the node
-/// functions read), its node functions and its kernel.
+/// The whole plan's source: the prelude, then each kernel.
 fn plan_source(plan: &Plan) -> String {
-    let mut src = String::new();
+    let mut src = String::from(PRELUDE);
     for k in 0..plan.kernels.len() {
-        let fields: String = (0..plan.kernels[k].reads.len())
-            .map(|p| format!("const float* in{p}; "))
-            .collect();
-        let _ = writeln!(src, "struct Reads{k} {{ {fields}}};");
         kernel_source(plan, k, &mut src);
     }
     src
@@ -218,33 +371,66 @@ pub(crate) fn run_plan(
         }
     }
     let module = module(dev, plan)?;
-    let arena = dev.alloc(4 * plan.memory.arena.max(1))?;
+    let arena = match plan.memory.arena {
+        0 => None,
+        len => Some(dev.alloc(4 * len)?),
+    };
+    // Each output in memory of its own (the same node twice shares one array).
+    let mut outputs: Vec<Array> = Vec::with_capacity(plan.outputs.len());
+    for (o, &node) in plan.outputs.iter().enumerate() {
+        let out = match plan.nodes[node].op {
+            Op::Input(k) => inputs[k].clone(),
+            _ => match plan.outputs[..o].iter().position(|&p| p == node) {
+                Some(first) => outputs[first].clone(),
+                None => Array::empty_cuda(dev, DType::F32, &plan.nodes[node].shape)?,
+            },
+        };
+        outputs.push(out);
+    }
     let address = |node: usize| -> Result<u64> {
-        match plan.nodes[node].op {
-            Op::Input(k) => inputs[k].device_ptr(),
-            _ => Ok(arena.ptr() + 4 * plan.memory.of(node).expect("a buffer").offset as u64),
+        if let Op::Input(k) = plan.nodes[node].op {
+            return inputs[k].device_ptr();
         }
+        if let Some(o) = plan.outputs.iter().position(|&p| p == node) {
+            return outputs[o].device_ptr();
+        }
+        let b = plan
+            .memory
+            .of(node)
+            .expect("values between kernels have buffers");
+        let arena = arena.as_ref().expect("an arena holds them");
+        Ok(arena.ptr() + 4 * b.offset as u64)
     };
     dev.bind()?;
     for (k, kernel) in plan.kernels.iter().enumerate() {
+        let (rows, width) = (kernel.rows(), kernel.width);
+        if rows * width == 0 {
+            continue;
+        }
         let mut args: Vec<u64> = kernel
             .reads
             .iter()
+            .chain(&kernel.writes)
             .map(|&r| address(r))
             .collect::<Result<_>>()?;
-        args.push(address(kernel.root)?);
         let mut params: Vec<*mut std::ffi::c_void> =
             args.iter_mut().map(|a| (a as *mut u64).cast()).collect();
-        let n = plan.memory.buffers[k].len;
-        let blocks = n.div_ceil(256).clamp(1, 4 * dev.multiprocessors as usize) as u32;
-        // SAFETY: `fused_k` takes one pointer per read and one output pointer, as `params`
-        // holds; every pointer addresses a live buffer (the inputs, or the arena, which
-        // lives until this function's copies below are queued after the kernels).
+        let most = 4 * dev.multiprocessors as usize;
+        let (blocks, threads) = if kernel.reduces {
+            let threads = width.next_multiple_of(32).clamp(32, 256);
+            (rows.min(most), threads)
+        } else {
+            ((rows * width).div_ceil(256).clamp(1, most), 256)
+        };
+        // SAFETY: `fused_k` takes one pointer per read, then one per write, as `params`
+        // holds; every pointer addresses a live buffer (the inputs, the outputs, or the
+        // arena, which goes back to the pool only after the queued kernels, as every
+        // pooled buffer does).
         unsafe {
             cu::launch_kernel(
                 module.functions[k],
-                (blocks, 1, 1),
-                (256, 1, 1),
+                (blocks as u32, 1, 1),
+                (threads as u32, 1, 1),
                 0,
                 dev.stream,
                 &mut params,
@@ -252,15 +438,7 @@ pub(crate) fn run_plan(
         }
         .map_err(|e| dev.err("launching a graph kernel", e))?;
     }
-    plan.outputs
-        .iter()
-        .map(|&o| {
-            let node = &plan.nodes[o];
-            let out = Array::empty_cuda(dev, DType::F32, &node.shape)?;
-            dev.copy(out.device_ptr()?, address(o)?, 4 * node.numel().max(1))?;
-            Ok(out)
-        })
-        .collect()
+    Ok(outputs)
 }
 
 #[cfg(test)]
