@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use clap::Args;
+use minerva_core::graph;
 use minerva_core::ops::{Draw, SampleSettings};
 use minerva_core::Device;
 use minerva_engine::sampler::argmax;
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     /// with and without the prefix cache (e.g. 1024)
     #[arg(long)]
     pub shared_prefix: Option<usize>,
+    /// Write the compiled plans of one decode step (what fused into each pass) to this file
+    /// as text, and print their totals
+    #[arg(long)]
+    pub dump_graph: Option<std::path::PathBuf>,
     /// Print one JSON line instead of text
     #[arg(long)]
     pub json: bool,
@@ -176,6 +181,9 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
     let short = &base[..8.min(base.len())];
     let max_len = Some(args.prompt_tokens.max(short.len() + args.gen_tokens) + 1);
 
+    if let Some(file) = &args.dump_graph {
+        dump_graph(model, kv, short, max_len, file)?;
+    }
     let sample = args.sample.then_some(BENCH_SAMPLING);
     let one_run = || -> anyhow::Result<(f64, f64)> {
         let mut cache = whole_prompt_cache(model, max_len, kv)?;
@@ -236,6 +244,43 @@ pub fn bench(choice: &ModelChoice, args: &BenchArgs) -> anyhow::Result<()> {
         let long: Vec<u32> = base.iter().copied().cycle().take(1024).collect();
         kernel_profile(model, kv, (short, &long), args.gen_tokens, max_len, n)?;
     }
+    Ok(())
+}
+
+/// Writes the plans one eager decode step of `model` evaluates (after `prompt`) to `file`,
+/// and prints how many ops they recorded and how many passes they make.
+fn dump_graph(
+    model: &dyn CausalLm,
+    kv: KvConfig,
+    prompt: &[u32],
+    max_len: Option<usize>,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut cache = whole_prompt_cache(model, max_len, kv)?;
+    let token = argmax(&forward(model, prompt, &mut cache, Logits::Last)?.to_f32_vec()?);
+    // The pass runs on a worker of the thread pool (see `forward`): trace it there.
+    let (logits, plans) =
+        rayon::scope(|_| graph::traced(|| forward(model, &[token], &mut cache, Logits::Last)));
+    logits?.to_f32_vec()?;
+    let mut text = String::new();
+    for (i, plan) in plans.iter().enumerate() {
+        text += &format!("# evaluation {i}\n{plan}\n");
+    }
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    let recorded: usize = plans.iter().map(|p| p.recorded).sum();
+    let passes: usize = plans.iter().map(|p| p.launches()).sum();
+    let peak = plans
+        .iter()
+        .map(|p| p.memory.peak_bytes())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "graph ({}): one decode step evaluates {} plans, {recorded} recorded ops in {passes} \
+         passes, at most {peak} bytes between passes; plans in {}",
+        if graph::lazy_enabled() { "on" } else { "off" },
+        plans.len(),
+        file.display()
+    );
     Ok(())
 }
 

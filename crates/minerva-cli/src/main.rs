@@ -32,6 +32,10 @@ struct Cli {
     /// position and head), int4, or keys/values apart: int8/int4 (4-bit values, 8-bit keys)
     #[arg(long, global = true, env = "MINERVA_KV_DTYPE", default_value = "f16")]
     kv_dtype: String,
+    /// Lazy compute graph: on (elementwise ops record, fuse and run when read) or off (each
+    /// op runs as it is called)
+    #[arg(long, global = true, env = "MINERVA_GRAPH", default_value = "on", value_parser = ["on", "off"])]
+    graph: String,
     /// Worker threads [default: one per CPU]
     #[arg(long, global = true, env = "MINERVA_THREADS")]
     threads: Option<usize>,
@@ -92,6 +96,7 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    minerva_core::graph::set_lazy(cli.graph == "on");
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))

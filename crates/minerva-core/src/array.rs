@@ -11,6 +11,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use crate::backends::cuda::{self, DeviceBuffer};
+use crate::graph::lazy::Pending;
 use crate::{DType, Error, Result};
 
 /// Where an array's data lives.
@@ -85,6 +86,8 @@ enum Storage {
     },
     /// GPU memory.
     Cuda(DeviceBuffer),
+    /// A value recorded lazily and not computed yet (`graph::lazy`).
+    Pending(Arc<Pending>),
 }
 
 impl Storage {
@@ -99,12 +102,14 @@ impl Storage {
         match self {
             Storage::Host { len, .. } | Storage::Mapped { len, .. } => *len,
             Storage::Cuda(b) => b.len(),
+            Storage::Pending(_) => 0,
         }
     }
 
     fn device(&self) -> Device {
         match self {
             Storage::Cuda(b) => Device::Cuda(b.device().ordinal()),
+            Storage::Pending(p) => p.device(),
             _ => Device::Cpu,
         }
     }
@@ -118,7 +123,7 @@ impl Storage {
                 unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), *len) }
             }
             Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-            Storage::Cuda(_) => return None,
+            Storage::Cuda(_) | Storage::Pending(_) => return None,
         })
     }
 
@@ -130,7 +135,7 @@ impl Storage {
                     std::slice::from_raw_parts_mut(chunks.as_mut_ptr().cast::<u8>(), *len)
                 })
             }
-            Storage::Mapped { .. } | Storage::Cuda(_) => None,
+            Storage::Mapped { .. } | Storage::Cuda(_) | Storage::Pending(_) => None,
         }
     }
 }
@@ -291,6 +296,7 @@ impl Array {
             }
             _ => {}
         }
+        let codes = codes.ready()?;
         Ok(Array {
             storage: Arc::clone(&codes.storage),
             offset: codes.offset,
@@ -308,6 +314,10 @@ impl Array {
     /// Element `i` of the first axis, as a view sharing this array's storage (an expert's
     /// weight matrix out of `[experts, out, in]`, say).
     pub fn index(&self, i: usize) -> Result<Array> {
+        let this = self.ready()?;
+        if !std::ptr::eq(this, self) {
+            return this.index(i);
+        }
         let Some((&first, rest)) = self.shape.split_first() else {
             return Err(Error::Shape("cannot index a scalar".into()));
         };
@@ -336,6 +346,10 @@ impl Array {
 
     /// Rows `start..start + len` of the first axis, as a view sharing this array's storage.
     pub fn narrow(&self, start: usize, len: usize) -> Result<Array> {
+        let this = self.ready()?;
+        if !std::ptr::eq(this, self) {
+            return this.narrow(start, len);
+        }
         let Some((&first, rest)) = self.shape.split_first() else {
             return Err(Error::Shape("cannot narrow a scalar".into()));
         };
@@ -392,6 +406,10 @@ impl Array {
 
     /// The same data with another shape of equal element count (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Array> {
+        let this = self.ready()?;
+        if !std::ptr::eq(this, self) {
+            return this.reshape(shape);
+        }
         let numel: usize = shape.iter().product();
         if numel != self.numel() {
             return Err(Error::Shape(format!(
@@ -428,6 +446,10 @@ impl Array {
 
     /// Raw bytes of the array; an error for an array in GPU memory (see [`Array::to_device`]).
     pub fn host_bytes(&self) -> Result<&[u8]> {
+        let this = self.ready()?;
+        if !std::ptr::eq(this, self) {
+            return this.host_bytes();
+        }
         match self.storage.bytes() {
             Some(b) => Ok(&b[self.byte_range()]),
             None => Err(Error::Device(format!(
@@ -442,8 +464,12 @@ impl Array {
     /// This array on `device`: itself when already there, else a copy (group parameters
     /// of quantized arrays go along).
     pub fn to_device(&self, device: Device) -> Result<Array> {
-        if self.device() == device {
-            return Ok(self.clone());
+        let this = self.ready()?;
+        if this.device() == device {
+            return Ok(this.clone());
+        }
+        if !std::ptr::eq(this, self) {
+            return this.to_device(device);
         }
         let storage = match device {
             Device::Cuda(n) => Storage::Cuda(cuda::device(n)?.upload(self.host_bytes()?)?),
@@ -507,6 +533,7 @@ impl Array {
     pub(crate) fn cuda_buffer(&self) -> Result<&DeviceBuffer> {
         match &*self.storage {
             Storage::Cuda(b) => Ok(b),
+            Storage::Pending(p) => p.value()?.cuda_buffer(),
             _ => Err(Error::Device(format!(
                 "a {} {:?} array is in host memory, not on a GPU",
                 self.dtype, self.shape
@@ -516,12 +543,14 @@ impl Array {
 
     /// The device address of this array's first byte.
     pub(crate) fn device_ptr(&self) -> Result<u64> {
-        Ok(self.cuda_buffer()?.ptr() + self.offset as u64)
+        let this = self.ready()?;
+        Ok(this.cuda_buffer()?.ptr() + this.offset as u64)
     }
 
     /// The device address for an in-place write; copies first (on the device) when the
     /// storage is shared or larger than this array, as [`Array::host_bytes_mut`] does.
     pub(crate) fn device_ptr_mut(&mut self) -> Result<u64> {
+        self.settle()?;
         let len = self.byte_range().len();
         let whole = self.offset == 0 && len == self.storage.len();
         if !whole || Arc::get_mut(&mut self.storage).is_none() {
@@ -537,6 +566,7 @@ impl Array {
     /// Mutable raw bytes; copies the array's bytes first when its storage is shared, mapped
     /// or larger than the array (a view).
     pub fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
+        self.settle()?;
         let range = self.byte_range();
         let whole = range.start == 0 && range.end == self.storage.len();
         if !whole || Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
@@ -570,6 +600,7 @@ impl Array {
     /// than copy when the buffer is shared or larger than the array (writing would change
     /// other arrays, and a copy would move the address).
     pub fn overwrite(&mut self, src: &Array) -> Result<()> {
+        self.settle()?;
         let range = self.byte_range();
         let whole = range.start == 0 && range.end == self.storage.len();
         if src.dtype != self.dtype || src.shape != self.shape || self.quant.is_some() {
@@ -667,6 +698,50 @@ impl Array {
                 out
             }
         })
+    }
+
+    /// An array whose value a lazy recording computes when first read.
+    pub(crate) fn from_pending(pending: Arc<Pending>, shape: &[usize]) -> Array {
+        Array {
+            storage: Arc::new(Storage::Pending(pending)),
+            offset: 0,
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            quant: None,
+        }
+    }
+
+    /// The recorded value behind this array, while it is one.
+    pub(crate) fn pending(&self) -> Option<&Arc<Pending>> {
+        match &*self.storage {
+            Storage::Pending(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// This array with its value computed: itself, or for a recorded value the array its
+    /// recording computed (the recording runs on the first read).
+    pub(crate) fn ready(&self) -> Result<&Array> {
+        match &*self.storage {
+            Storage::Pending(p) => p.value(),
+            _ => Ok(self),
+        }
+    }
+
+    /// Replaces a recorded value by its computed array (before a write).
+    fn settle(&mut self) -> Result<()> {
+        if let Storage::Pending(p) = &*self.storage {
+            *self = p.value()?.clone();
+        }
+        Ok(())
+    }
+
+    /// Whether both are the same view of the same memory.
+    pub(crate) fn same_view(&self, other: &Array) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+            && self.offset == other.offset
+            && self.dtype == other.dtype
+            && self.shape == other.shape
     }
 
     pub(crate) fn expect_dtype(&self, dtype: DType) -> Result<()> {

@@ -1,13 +1,16 @@
 //! The ops API: everything model code may do to an [`Array`].
 //!
-//! Ops check their arguments and return new arrays, evaluated eagerly by the backend of the
-//! device the arguments are on (all on one device; mixing is an error). Keeping models on
-//! this API is what lets a lazy graph slot in underneath later.
+//! Ops check their arguments and return new arrays, computed by the backend of the device
+//! the arguments are on (all on one device; mixing is an error). Elementwise ops, norms and
+//! softmax are ops of the lazy graph (`graph::lazy`): inside `graph::lazily` they record and
+//! fuse, and compute when something reads them; products, attention and the rest run as
+//! they are called, reading their inputs (and so computing what they need).
 
 use half::{bf16, f16};
 
 use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
 use crate::backends::cuda::ops as gpu;
+use crate::graph::{lazy, Binary, Graph, NodeId, Reduce, Unary};
 use crate::{Array, DType, Device, Error, Result};
 
 mod experts;
@@ -182,55 +185,36 @@ fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
     }
 }
 
-/// Elementwise `f(a, b)` where `b`'s shape equals `a`'s or is a suffix of it (broadcast);
-/// `gpu_op` names the same op for the CUDA kernel (0 add, 1 mul).
-fn broadcast_binary(
-    a: &Array,
-    b: &Array,
+/// One op of the lazy graph over f32 `inputs` (see [`crate::graph::lazy`]): pending inside
+/// [`graph::lazily`], computed at once outside.
+fn recorded(
     name: &str,
-    gpu_op: i32,
-    f: impl Fn(f32, f32) -> f32,
+    inputs: &[&Array],
+    build: impl FnOnce(&mut Graph, &[NodeId]) -> Result<NodeId>,
 ) -> Result<Array> {
-    if !a.shape().ends_with(b.shape()) {
-        return shape_err(format!(
-            "{name}: cannot broadcast {:?} onto {:?}",
-            b.shape(),
-            a.shape()
-        ));
-    }
-    if on_gpu(name, &[a, b])? {
-        expect_f32(name, a)?;
-        expect_f32(name, b)?;
-        return gpu::binary(a, b, gpu_op);
-    }
-    let mut out = a.clone();
-    let bs = b.as_f32()?;
-    let o = out.as_f32_mut()?;
-    if !bs.is_empty() {
-        for row in o.chunks_exact_mut(bs.len()) {
-            row.iter_mut().zip(bs).for_each(|(x, &y)| *x = f(*x, y));
-        }
-    }
-    Ok(out)
+    let mut out = lazy::record(name, inputs, |g, ids| Ok(vec![build(g, ids)?]))?;
+    Ok(out.pop().expect("one output"))
+}
+
+/// `a op b` with NumPy broadcasting.
+fn binary(name: &str, op: Binary, a: &Array, b: &Array) -> Result<Array> {
+    recorded(name, &[a, b], |g, x| g.binary(op, x[0], x[1]))
 }
 
 pub fn add(a: &Array, b: &Array) -> Result<Array> {
-    broadcast_binary(a, b, "add", 0, |x, y| x + y)
+    binary("add", Binary::Add, a, b)
 }
 
 pub fn mul(a: &Array, b: &Array) -> Result<Array> {
-    broadcast_binary(a, b, "mul", 1, |x, y| x * y)
+    binary("mul", Binary::Mul, a, b)
 }
 
 /// `x * s`.
 pub fn scale(x: &Array, s: f32) -> Result<Array> {
-    if on_gpu("scale", &[x])? {
-        expect_f32("scale", x)?;
-        return gpu::scale(x, s);
-    }
-    let mut out = x.clone();
-    out.as_f32_mut()?.iter_mut().for_each(|v| *v *= s);
-    Ok(out)
+    recorded("scale", &[x], |g, x| {
+        let s = g.constant(s);
+        g.binary(Binary::Mul, x[0], s)
+    })
 }
 
 /// RMSNorm over the last axis with a learned per-channel weight.
@@ -242,36 +226,7 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
             x.shape()
         ));
     }
-    if on_gpu("rms_norm", &[x, weight])? {
-        expect_f32("rms_norm", x)?;
-        expect_f32("rms_norm", weight)?;
-        return gpu::rms_norm(x, weight, eps);
-    }
-    let mut out = Array::zeros(DType::F32, x.shape())?;
-    elementwise::rms_norm(x.as_f32()?, weight.as_f32()?, eps, out.as_f32_mut()?);
-    Ok(out)
-}
-
-/// The residual stream after a sublayer and its RMS norm for the next one: (`x + y`,
-/// `rms_norm(x + y, weight, eps)`), in one pass where the backend fuses it.
-pub fn add_rms_norm(x: &Array, y: &Array, weight: &Array, eps: f32) -> Result<(Array, Array)> {
-    if x.shape() != y.shape() || weight.shape() != [x.dim(-1)] {
-        return shape_err(format!(
-            "add_rms_norm: x {:?}, y {:?}, weight {:?}",
-            x.shape(),
-            y.shape(),
-            weight.shape()
-        ));
-    }
-    if on_gpu("add_rms_norm", &[x, y, weight])? {
-        for a in [x, y, weight] {
-            expect_f32("add_rms_norm", a)?;
-        }
-        return gpu::add_rms_norm(x, y, weight, eps);
-    }
-    let sum = add(x, y)?;
-    let normed = rms_norm(&sum, weight, eps)?;
-    Ok((sum, normed))
+    recorded("rms_norm", &[x, weight], |g, x| g.rms_norm(x[0], x[1], eps))
 }
 
 /// Which pairs of a head's dimensions rotate together.
@@ -327,69 +282,60 @@ pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
 }
 
 /// Softmax over the last axis.
+/// Softmax over the last axis.
 pub fn softmax(x: &Array) -> Result<Array> {
-    if on_gpu("softmax", &[x])? {
-        expect_f32("softmax", x)?;
-        return gpu::softmax(x);
-    }
-    let mut out = x.clone();
-    let d = x.dim(-1);
-    elementwise::softmax(out.as_f32_mut()?, d);
-    Ok(out)
+    recorded("softmax", &[x], |g, x| {
+        let max = g.reduce(Reduce::Max, x[0])?;
+        let shifted = g.binary(Binary::Sub, x[0], max)?;
+        let e = g.unary(Unary::Exp, shifted);
+        let sum = g.reduce(Reduce::Sum, e)?;
+        g.binary(Binary::Div, e, sum)
+    })
 }
 
 pub fn silu(x: &Array) -> Result<Array> {
-    if on_gpu("silu", &[x])? {
-        expect_f32("silu", x)?;
-        return gpu::activation(x, None, 0, 0.0, 0.0);
+    recorded("silu", &[x], |g, x| Ok(g.unary(Unary::Silu, x[0])))
+}
+
+fn same_shapes(name: &str, gate: &Array, up: &Array) -> Result<()> {
+    if gate.shape() != up.shape() {
+        return shape_err(format!(
+            "{name}: gate {:?} vs up {:?}",
+            gate.shape(),
+            up.shape()
+        ));
     }
-    let mut out = Array::zeros(DType::F32, x.shape())?;
-    elementwise::silu(x.as_f32()?, out.as_f32_mut()?);
-    Ok(out)
+    Ok(())
 }
 
 /// `silu(gate) * up`.
 pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
-    if gate.shape() != up.shape() {
-        return shape_err(format!(
-            "swiglu: gate {:?} vs up {:?}",
-            gate.shape(),
-            up.shape()
-        ));
-    }
-    if on_gpu("swiglu", &[gate, up])? {
-        expect_f32("swiglu", gate)?;
-        expect_f32("swiglu", up)?;
-        return gpu::activation(gate, Some(up), 1, 0.0, 0.0);
-    }
-    let mut out = Array::zeros(DType::F32, gate.shape())?;
-    elementwise::silu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?);
-    Ok(out)
+    same_shapes("swiglu", gate, up)?;
+    recorded("swiglu", &[gate, up], |g, x| {
+        let gated = g.unary(Unary::Silu, x[0]);
+        g.binary(Binary::Mul, gated, x[1])
+    })
 }
 
 /// gpt-oss's SwiGLU: `(clamp(up, ±limit) + 1) * g * sigmoid(alpha * g)`, `g = min(gate, limit)`.
 pub fn clamped_swiglu(gate: &Array, up: &Array, alpha: f32, limit: f32) -> Result<Array> {
-    if gate.shape() != up.shape() {
-        return shape_err(format!(
-            "clamped_swiglu: gate {:?} vs up {:?}",
-            gate.shape(),
-            up.shape()
-        ));
-    }
-    if on_gpu("clamped_swiglu", &[gate, up])? {
-        expect_f32("clamped_swiglu", gate)?;
-        expect_f32("clamped_swiglu", up)?;
-        return gpu::activation(gate, Some(up), 2, alpha, limit);
-    }
-    let mut out = Array::zeros(DType::F32, gate.shape())?;
-    elementwise::clamped_swiglu(
-        gate.as_f32()?,
-        up.as_f32()?,
-        alpha,
-        limit,
-        out.as_f32_mut()?,
-    );
-    Ok(out)
+    same_shapes("clamped_swiglu", gate, up)?;
+    recorded("clamped_swiglu", &[gate, up], |g, x| {
+        let (high, low, one, alpha) = (
+            g.constant(limit),
+            g.constant(-limit),
+            g.constant(1.0),
+            g.constant(alpha),
+        );
+        let gate = g.binary(Binary::Min, x[0], high)?;
+        let up = g.binary(Binary::Min, x[1], high)?;
+        let up = g.binary(Binary::Max, up, low)?;
+        let sharp = g.binary(Binary::Mul, gate, alpha)?;
+        let sigmoid = g.unary(Unary::Sigmoid, sharp);
+        let shifted = g.binary(Binary::Add, up, one)?;
+        let gated = g.binary(Binary::Mul, shifted, gate)?;
+        g.binary(Binary::Mul, gated, sigmoid)
+    })
 }
 
 /// Splits the last axis of `x` into its even and odd entries (`[.., 2n]` -> two `[.., n]`),

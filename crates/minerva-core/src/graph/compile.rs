@@ -67,6 +67,11 @@ impl Plan {
             .map(|&o| 4 * self.nodes[o].numel())
             .sum()
     }
+
+    /// Equal for plans of the same computation (see [`fingerprint`]).
+    pub(crate) fn fingerprint(&self) -> Vec<u64> {
+        fingerprint(&self.nodes, self.outputs.iter().copied())
+    }
 }
 
 /// Compiles what `outputs` need of `graph`.
@@ -82,6 +87,27 @@ pub fn compile(graph: &Graph, outputs: &[NodeId]) -> Plan {
         recorded: graph.nodes().len(),
         merged,
     }
+}
+
+/// What makes two graphs the same computation: every node's op, operands and shape (a
+/// constant by its bits), and the outputs. Plans compile deterministically, so equal
+/// fingerprints mean equal plans.
+pub(crate) fn fingerprint(nodes: &[Node], outputs: impl Iterator<Item = usize>) -> Vec<u64> {
+    let mut key = Vec::with_capacity(nodes.len() * 6 + 8);
+    for node in nodes {
+        let (tag, a, b) = match node.op {
+            Op::Input(k) => (0, k as u64, 0),
+            Op::Constant(v) => (1, u64::from(v.to_bits()), 0),
+            Op::Unary(u, x) => (2 + ((u as u64) << 8), x.0 as u64, 0),
+            Op::Binary(o, x, y) => (3 + ((o as u64) << 8), x.0 as u64, y.0 as u64),
+            Op::Reduce(o, x) => (4 + ((o as u64) << 8), x.0 as u64, 0),
+        };
+        key.extend([tag, a, b, node.shape.len() as u64]);
+        key.extend(node.shape.iter().map(|&d| d as u64));
+    }
+    key.push(u64::MAX);
+    key.extend(outputs.map(|o| o as u64));
+    key
 }
 
 /// The domain a node is computed over: leading axes and last axis (a reduction's are its

@@ -13,10 +13,15 @@
 mod cache;
 mod compile;
 mod dump;
+pub(crate) mod lazy;
 mod memory;
 
 pub use cache::Compiled;
 pub use compile::{compile, Kernel, Plan};
+pub use lazy::{
+    enabled as lazy_enabled, lazily, set_enabled as set_lazy, stats as lazy_stats, traced,
+    LazyStats,
+};
 pub use memory::{Buffer, MemoryPlan};
 
 use crate::backends::{cpu, cuda};
@@ -189,8 +194,8 @@ impl Graph {
         let d = *self.shape(x).last().unwrap_or(&1);
         let sq = self.unary(Unary::Square, x);
         let sum = self.reduce(Reduce::Sum, sq)?;
-        let inv_d = self.constant(1.0 / d as f32);
-        let mean = self.binary(Binary::Mul, sum, inv_d)?;
+        let d = self.constant(d as f32);
+        let mean = self.binary(Binary::Div, sum, d)?;
         let eps = self.constant(eps);
         let var = self.binary(Binary::Add, mean, eps)?;
         let r = self.unary(Unary::Rsqrt, var);
@@ -210,17 +215,18 @@ pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
     }
     match device {
         Device::Cpu => {
-            let values: Vec<Vec<f32>> = inputs
+            let slices: Vec<&[f32]> = inputs.iter().map(|a| a.as_f32()).collect::<Result<_>>()?;
+            let mut outputs: Vec<Array> = plan
+                .outputs
                 .iter()
-                .map(|a| a.to_f32_vec())
+                .map(|&o| Array::zeros(crate::DType::F32, &plan.nodes[o].shape))
                 .collect::<Result<_>>()?;
-            let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-            let outputs = cpu::fused::run_plan(plan, &slices, false)?;
-            outputs
-                .iter()
-                .zip(&plan.outputs)
-                .map(|(v, &o)| Array::from_f32(v, &plan.nodes[o].shape))
-                .collect()
+            let mut values: Vec<&mut [f32]> = outputs
+                .iter_mut()
+                .map(|a| a.as_f32_mut())
+                .collect::<Result<_>>()?;
+            cpu::fused::run_plan_into(plan, &slices, &mut values, false)?;
+            Ok(outputs)
         }
         Device::Cuda(n) => cuda::fused::run_plan(&cuda::device(n)?, plan, inputs),
     }

@@ -3,6 +3,7 @@
 pub mod gpt_oss;
 pub mod llama;
 
+use minerva_core::graph;
 use minerva_core::ops::{self, Rope};
 use minerva_core::{Array, Device};
 
@@ -218,35 +219,35 @@ impl<F: FeedForward> Decoder<F> {
             .into());
         }
         let eps = self.rms_eps;
-        // The residual stream x, and h = x normalized for the next sublayer: each sublayer's
-        // output is added to the stream and the sum normalized in one step.
-        let mut x = ops::embedding(&self.embed, ids)?;
-        let first_norm = self.blocks.first().map_or(&self.norm, |b| &b.attn_norm);
-        let mut h = ops::rms_norm(&x, first_norm, eps)?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let attended = block
-                .attn
-                .forward(&h, positions, &self.rope, cache, layer)?;
-            (x, h) = ops::add_rms_norm(&x, &attended, &block.mlp_norm, eps)?;
-            let next_norm = self
-                .blocks
-                .get(layer + 1)
-                .map_or(&self.norm, |b| &b.attn_norm);
-            (x, h) = ops::add_rms_norm(&x, &block.ffn.forward(&h)?, next_norm, eps)?;
-        }
-        let last = cache.last_rows(n);
-        cache.advance(n);
-        if logits == Logits::Last && last.len() < n {
-            h = match last[..] {
-                [row] => ops::slice_rows(&h, row, 1)?,
-                _ => {
-                    let rows: Vec<i32> = last.iter().map(|&r| r as i32).collect();
-                    ops::embedding(&h, &Array::from_i32(&rows, &[rows.len()])?)?
-                }
-            };
-        }
-        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(ops::linear(&h, lm_head, None)?)
+        // Elementwise ops record lazily: each residual add and the norm after it compute
+        // in one pass, when the next product reads the norm.
+        graph::lazily(|| {
+            let mut x = ops::embedding(&self.embed, ids)?;
+            for (layer, block) in self.blocks.iter().enumerate() {
+                let h = ops::rms_norm(&x, &block.attn_norm, eps)?;
+                let attended = block
+                    .attn
+                    .forward(&h, positions, &self.rope, cache, layer)?;
+                x = ops::add(&x, &attended)?;
+                let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
+                x = ops::add(&x, &block.ffn.forward(&h)?)?;
+            }
+            let mut h = ops::rms_norm(&x, &self.norm, eps)?;
+            drop(x); // the last residual sum is only normed: never written out
+            let last = cache.last_rows(n);
+            cache.advance(n);
+            if logits == Logits::Last && last.len() < n {
+                h = match last[..] {
+                    [row] => ops::slice_rows(&h, row, 1)?,
+                    _ => {
+                        let rows: Vec<i32> = last.iter().map(|&r| r as i32).collect();
+                        ops::embedding(&h, &Array::from_i32(&rows, &[rows.len()])?)?
+                    }
+                };
+            }
+            let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            Ok(ops::linear(&h, lm_head, None)?)
+        })
     }
 
     pub fn device(&self) -> Device {

@@ -1,19 +1,8 @@
-//! Row-wise kernels: normalization, rotary embedding, softmax, activations. Rows are short
-//! (a hidden vector), so these run on one thread and lean on auto-vectorization.
+//! Row-wise kernels the compiled graphs do not generate: rotary embedding, argmax, expert
+//! routing. Rows are short (a hidden vector), so these run on one thread and lean on
+//! auto-vectorization.
 
 use crate::ops::RopeStyle;
-
-/// `out = x / rms(x) * weight`, row by row (`weight.len()` values per row).
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let d = weight.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mean_sq = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (mean_sq + eps).sqrt();
-        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
-            *o = v * inv * w;
-        }
-    }
-}
 
 /// Rotates each head of `x` (`[tokens, heads, head_dim]`) in place by `positions[t] * inv_freq`.
 /// Only the first `2 * inv_freq.len()` dimensions of a head rotate; cos and sin are scaled by
@@ -48,44 +37,6 @@ pub fn rope(
                 head[b] = x0 * sin[i] + x1 * cos[i];
             }
         }
-    }
-}
-
-/// In-place softmax over each row of `d` values.
-pub fn softmax(x: &mut [f32], d: usize) {
-    for row in x.chunks_exact_mut(d) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-/// `out = silu(gate) * up`, SwiGLU's gating.
-pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
-    }
-}
-
-/// gpt-oss's clamped SwiGLU: `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)` with
-/// `g = min(gate, limit)`.
-pub fn clamped_swiglu(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        let g = g.min(limit);
-        let u = u.clamp(-limit, limit);
-        *o = (u + 1.0) * g / (1.0 + (-alpha * g).exp());
-    }
-}
-
-/// `out = silu(x)`.
-pub fn silu(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = v / (1.0 + (-v).exp());
     }
 }
 

@@ -130,17 +130,37 @@ impl Place {
 /// Runs `plan` on `inputs` and returns its outputs. With `poison`, every buffer is filled
 /// with NaN once its last reader has run, so a plan that reused live memory would show.
 pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<f32>>> {
-    for node in &plan.nodes {
-        if let Op::Input(k) = node.op {
-            input(inputs, k, node)?;
-        }
-    }
-    let mut arena = vec![0.0f32; plan.memory.arena];
     let mut outputs: Vec<Vec<f32>> = plan
         .outputs
         .iter()
         .map(|&o| vec![0.0; plan.nodes[o].numel()])
         .collect();
+    let mut slices: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+    run_plan_into(plan, inputs, &mut slices, poison)?;
+    Ok(outputs)
+}
+
+/// [`run_plan`] into `outputs` (one slice per plan output, of its size).
+pub fn run_plan_into(
+    plan: &Plan,
+    inputs: &[&[f32]],
+    outputs: &mut [&mut [f32]],
+    poison: bool,
+) -> Result<()> {
+    for node in &plan.nodes {
+        if let Op::Input(k) = node.op {
+            input(inputs, k, node)?;
+        }
+    }
+    for (o, &node) in plan.outputs.iter().enumerate() {
+        if outputs.get(o).map(|v| v.len()) != Some(plan.nodes[node].numel()) {
+            return Err(Error::Shape(format!(
+                "graph output {o}: no slice of {} values",
+                plan.nodes[node].numel()
+            )));
+        }
+    }
+    let mut arena = vec![0.0f32; plan.memory.arena];
     for (k, kernel) in plan.kernels.iter().enumerate() {
         let places: Vec<Place> = kernel.reads.iter().map(|&r| Place::of(plan, r)).collect();
         let targets: Vec<Place> = kernel.writes.iter().map(|&w| Place::of(plan, w)).collect();
@@ -218,12 +238,15 @@ pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<
     // An output that is an input, or the same node as an earlier output, is a copy.
     for (o, &node) in plan.outputs.iter().enumerate() {
         match Place::of(plan, node) {
-            Place::Input(i) => outputs[o] = inputs[i].to_vec(),
-            Place::Output(first) if first != o => outputs[o] = outputs[first].clone(),
+            Place::Input(i) => outputs[o].copy_from_slice(inputs[i]),
+            Place::Output(first) if first != o => {
+                let (before, rest) = outputs.split_at_mut(o);
+                rest[0].copy_from_slice(before[first]);
+            }
             _ => {}
         }
     }
-    Ok(outputs)
+    Ok(())
 }
 
 /// Where a fused node reads an operand.

@@ -55,22 +55,24 @@ impl Gen<'_> {
                 _ => format!("n{x}"),
             };
         }
-        // A buffer: its flat offset from the row's indices over the domain's leading axes.
+        // A buffer: its flat offset from the row's indices over the domain's leading axes,
+        // whose sizes are the kernel's parameters `L0, L1, ..` (so one kernel serves every
+        // number of tokens); only whether an axis broadcasts is in the source.
         let xd = node.dims();
-        let lead = &self.kernel.lead;
+        let lead = self.kernel.lead.len();
         let pad = dims.len() - xd.len();
         let mut offset = String::from("0");
         for (d, &size) in xd.iter().enumerate() {
             let axis = pad + d;
-            let index = if size == 1 {
-                "0".to_string()
+            let (index, extent) = if size == 1 {
+                ("0".to_string(), "1".to_string())
             } else if axis == dims.len() - 1 {
-                j.to_string()
+                (j.to_string(), format!("{size}L"))
             } else {
-                let inner: usize = lead[axis + 1..].iter().product();
-                format!("((row / {inner}L) % {}L)", lead[axis])
+                let inner: String = (axis + 1..lead).map(|a| format!(" / L{a}")).collect();
+                (format!("((row{inner}) % L{axis})"), format!("L{axis}"))
             };
-            offset = format!("({offset}) * {size}L + {index}");
+            offset = format!("({offset}) * {extent} + {index}");
         }
         let p = self.kernel.reads.iter().position(|&r| r == x);
         format!("in{}[{offset}]", p.expect("a read"))
@@ -263,19 +265,21 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
         .map(|p| format!("const float* __restrict__ in{p}"))
         .collect();
     params.extend((0..kernel.writes.len()).map(|o| format!("float* __restrict__ out{o}")));
-    let (rows, width) = (kernel.rows(), kernel.width);
+    params.extend((0..kernel.lead.len()).map(|a| format!("long L{a}")));
+    let rows: String = (0..kernel.lead.len()).map(|a| format!(" * L{a}")).collect();
+    let rows = format!("(1L{rows})");
+    let width = kernel.width;
     let body = if kernel.reduces {
         format!(
             "__shared__ float red[32];\n\
-             for (long row = blockIdx.x; row < {rows}L; row += gridDim.x) {{\n{}}}\n",
+             for (long row = blockIdx.x; row < {rows}; row += gridDim.x) {{\n{}}}\n",
             gen.row_body()
         )
     } else {
         format!(
-            "for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < {}L; \
+            "for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < {rows} * {width}L; \
              i += (long)gridDim.x * blockDim.x) {{\n\
              const long row = i / {width}L, j = i % {width}L;\n{}}}\n",
-            rows * width,
             gen.flat_body()
         )
     };
@@ -306,20 +310,57 @@ unsafe impl Send for Module {}
 // SAFETY: as above.
 unsafe impl Sync for Module {}
 
-/// Loaded plans by (device ordinal, source): each distinct plan compiles once.
-type Modules = Mutex<HashMap<(usize, String), Arc<Module>>>;
+/// Loaded kernels by (device ordinal, source), and by (ordinal, plan fingerprint) so that a
+/// plan run again finds its kernels without generating their source. Plans that differ
+/// only in their number of rows share a source.
+#[derive(Default)]
+struct Modules {
+    by_source: HashMap<(usize, String), Arc<Module>>,
+    by_plan: HashMap<(usize, Vec<u64>), Arc<Module>>,
+}
 
-fn modules() -> &'static Modules {
-    static MODULES: OnceLock<Modules> = OnceLock::new();
+/// Plans remembered at most; past that the map starts over (the sources stay).
+const MAX_PLANS: usize = 4096;
+
+fn modules() -> &'static Mutex<Modules> {
+    static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
     MODULES.get_or_init(Default::default)
 }
 
 fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
-    let source = plan_source(plan);
-    let key = (dev.ordinal, source);
-    if let Some(m) = modules().lock().expect("modules").get(&key) {
+    let plan_key = (dev.ordinal, plan.fingerprint());
+    if let Some(m) = modules().lock().expect("modules").by_plan.get(&plan_key) {
         return Ok(Arc::clone(m));
     }
+    let key = (dev.ordinal, plan_source(plan));
+    let known = modules()
+        .lock()
+        .expect("modules")
+        .by_source
+        .get(&key)
+        .cloned();
+    let m = match known {
+        Some(m) => m,
+        None => {
+            let m = load(dev, &key.1, plan.kernels.len())?;
+            modules()
+                .lock()
+                .expect("modules")
+                .by_source
+                .insert(key, Arc::clone(&m));
+            m
+        }
+    };
+    let mut all = modules().lock().expect("modules");
+    if all.by_plan.len() >= MAX_PLANS {
+        all.by_plan.clear();
+    }
+    all.by_plan.insert(plan_key, Arc::clone(&m));
+    Ok(m)
+}
+
+/// Compiles `source` and loads its `kernels` functions `fused_0..`.
+fn load(dev: &CudaDevice, source: &str, kernels: usize) -> Result<Arc<Module>> {
     let arch = dev.arch;
     let options = [
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
@@ -327,13 +368,13 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
         "--prec-div=true".to_string(),
         "--prec-sqrt=true".to_string(),
     ];
-    let cubin = compile::compile(&key.1, &options).map_err(|e| dev.err("compiling a graph", e))?;
+    let cubin = compile::compile(source, &options).map_err(|e| dev.err("compiling a graph", e))?;
     dev.bind()?;
     // SAFETY: `cubin` is a complete CUBIN for this device's architecture; the context is
     // current (bound above). The module stays loaded for the life of the process.
     let loaded = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
         .map_err(|e| dev.err("loading a graph's kernels", e))?;
-    let functions = (0..plan.kernels.len())
+    let functions = (0..kernels)
         .map(|k| {
             let name = std::ffi::CString::new(format!("fused_{k}")).expect("no NUL");
             // SAFETY: the module was just loaded in this device's context.
@@ -341,12 +382,7 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
                 .map_err(|e| dev.err("a graph kernel", e))
         })
         .collect::<Result<Vec<_>>>()?;
-    let m = Arc::new(Module { functions });
-    modules()
-        .lock()
-        .expect("modules")
-        .insert(key, Arc::clone(&m));
-    Ok(m)
+    Ok(Arc::new(Module { functions }))
 }
 
 /// Runs `plan` on f32 `inputs` on `dev` and returns its outputs (queued).
@@ -413,6 +449,7 @@ pub(crate) fn run_plan(
             .chain(&kernel.writes)
             .map(|&r| address(r))
             .collect::<Result<_>>()?;
+        args.extend(kernel.lead.iter().map(|&l| l as u64));
         let mut params: Vec<*mut std::ffi::c_void> =
             args.iter_mut().map(|a| (a as *mut u64).cast()).collect();
         let most = 4 * dev.multiprocessors as usize;
@@ -422,21 +459,28 @@ pub(crate) fn run_plan(
         } else {
             ((rows * width).div_ceil(256).clamp(1, most), 256)
         };
-        // SAFETY: `fused_k` takes one pointer per read, then one per write, as `params`
-        // holds; every pointer addresses a live buffer (the inputs, the outputs, or the
-        // arena, which goes back to the pool only after the queued kernels, as every
-        // pooled buffer does).
-        unsafe {
-            cu::launch_kernel(
-                module.functions[k],
-                (blocks as u32, 1, 1),
-                (threads as u32, 1, 1),
-                0,
-                dev.stream,
-                &mut params,
-            )
-        }
-        .map_err(|e| dev.err("launching a graph kernel", e))?;
+        let name = if kernel.reduces {
+            "graph row pass"
+        } else {
+            "graph flat pass"
+        };
+        dev.profiled(name, || {
+            // SAFETY: `fused_k` takes one pointer per read, then one per write, then the
+            // leading axes' sizes (64-bit), as `params` holds; every pointer addresses a live
+            // buffer (the inputs, the outputs, or the arena, which goes back to the pool
+            // only after the queued kernels, as every pooled buffer does).
+            unsafe {
+                cu::launch_kernel(
+                    module.functions[k],
+                    (blocks as u32, 1, 1),
+                    (threads as u32, 1, 1),
+                    0,
+                    dev.stream,
+                    &mut params,
+                )
+            }
+            .map_err(|e| dev.err("launching a graph kernel", e))
+        })?;
     }
     Ok(outputs)
 }

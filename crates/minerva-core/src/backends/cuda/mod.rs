@@ -306,7 +306,11 @@ impl CudaDevice {
 
     /// Queues `work`, between two events logged under `name` when profiling. Captured work
     /// is not timed: its events would not be replayed.
-    fn profiled(&self, name: &'static str, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(super) fn profiled(
+        &self,
+        name: &'static str,
+        work: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let timed = self
             .profile
             .as_ref()

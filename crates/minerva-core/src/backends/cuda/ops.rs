@@ -442,21 +442,6 @@ fn map_kernel(
     Ok(out)
 }
 
-/// Elementwise binary ops with `b` repeating over `a` (op 0: add, 1: mul).
-pub(crate) fn binary(a: &Array, b: &Array, op: i32) -> Result<Array> {
-    let n = a.numel();
-    let inputs: [&dyn KernelArg; 2] = [&a.device_ptr()?, &b.device_ptr()?];
-    let m = b.numel().max(1) as i64;
-    map_kernel(
-        "binary_bcast",
-        a,
-        a.shape(),
-        n,
-        &inputs,
-        &[&(n as i64), &m, &op],
-    )
-}
-
 /// Adds `bias` (one row) to each row of the `n` f32 values at `y`, in place.
 fn add_rows(dev: &CudaDevice, y: u64, bias: &Array, n: usize) -> Result<()> {
     let m = bias.numel().max(1) as i64;
@@ -466,69 +451,6 @@ fn add_rows(dev: &CudaDevice, y: u64, bias: &Array, n: usize) -> Result<()> {
         THREADS,
         &[&y, &bias.device_ptr()?, &y, &(n as i64), &m, &0i32],
     )
-}
-
-pub(crate) fn scale(x: &Array, s: f32) -> Result<Array> {
-    let n = x.numel();
-    map_kernel(
-        "scale_f32",
-        x,
-        x.shape(),
-        n,
-        &[&x.device_ptr()?],
-        &[&(n as i64), &s],
-    )
-}
-
-/// The gated activations (op 0: silu(a); 1: silu(a) b; 2: clamped SwiGLU of a and b).
-pub(crate) fn activation(
-    a: &Array,
-    b: Option<&Array>,
-    op: i32,
-    alpha: f32,
-    limit: f32,
-) -> Result<Array> {
-    let n = a.numel();
-    let inputs: [&dyn KernelArg; 2] = [&a.device_ptr()?, &ptr_or_null(b)?];
-    let rest: [&dyn KernelArg; 4] = [&(n as i64), &op, &alpha, &limit];
-    map_kernel("activation", a, a.shape(), n, &inputs, &rest)
-}
-
-/// Threads for a kernel that reduces over rows of `d` values (a multiple of 32, ≤ 1024).
-fn row_threads(d: usize) -> u32 {
-    (d.div_ceil(32) * 32).clamp(32, 1024) as u32
-}
-
-/// A one-block-per-row kernel `name(x, out, d, extra...)` over the last axis of `x`.
-fn row_kernel(name: &'static str, x: &Array, extra: &[&dyn KernelArg]) -> Result<Array> {
-    let dev = device_of(x)?;
-    let out = Array::empty_cuda(&dev, DType::F32, x.shape())?;
-    let d = x.dim(-1);
-    let rows = x.numel() / d.max(1);
-    if rows == 0 {
-        return Ok(out);
-    }
-    let (xp, op, di) = (x.device_ptr()?, out.device_ptr()?, d as i32);
-    let mut args: Vec<&dyn KernelArg> = vec![&xp, &op, &di];
-    args.extend_from_slice(extra);
-    dev.launch(name, (rows as u32, 1, 1), row_threads(d), &args)?;
-    Ok(out)
-}
-
-pub(crate) fn rms_norm(x: &Array, w: &Array, eps: f32) -> Result<Array> {
-    row_kernel("rms_norm", x, &[&0u64, &0u64, &w.device_ptr()?, &eps])
-}
-
-/// (`x + y`, its RMS norm) in one launch.
-pub(crate) fn add_rms_norm(x: &Array, y: &Array, w: &Array, eps: f32) -> Result<(Array, Array)> {
-    let sum = Array::empty_cuda(&device_of(x)?, DType::F32, x.shape())?;
-    let args: [&dyn KernelArg; 4] = [&y.device_ptr()?, &sum.device_ptr()?, &w.device_ptr()?, &eps];
-    let normed = row_kernel("rms_norm", x, &args)?;
-    Ok((sum, normed))
-}
-
-pub(crate) fn softmax(x: &Array) -> Result<Array> {
-    row_kernel("softmax_rows", x, &[])
 }
 
 /// The kernel side of `struct RopeFreqs` (passed by value).

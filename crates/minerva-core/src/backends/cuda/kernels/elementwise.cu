@@ -1,7 +1,9 @@
-// Row-wise and elementwise kernels on f32 activations. One thread per element unless a row
+// Row-wise kernels on f32 activations that compiled graphs (backends/cuda/fused.rs) do not
+// generate: rotary embedding, layout changes, routing. One thread per element unless a row
 // needs a reduction, then one block per row.
 
 // op 0: a + b, 1: a * b; b has `m` values and repeats over a's `n` (a suffix broadcast).
+// Adds a product's bias (elementwise ops of the model come from compiled graphs).
 extern "C" __global__ void binary_bcast(const float* a, const float* b, float* out, i64 n, i64 m, int op) {
     GRID_STRIDE(i, n) {
         const float y = b[i % m];
@@ -25,55 +27,6 @@ extern "C" __global__ void rows_to_f16(const float* x, const int* index, int div
 // The bandwidth probe: 16-byte loads and stores, n of them.
 extern "C" __global__ void copy_u4(const uint4* __restrict__ src, uint4* __restrict__ dst, i64 n) {
     GRID_STRIDE(i, n) dst[i] = src[i];
-}
-
-extern "C" __global__ void scale_f32(const float* x, float* out, i64 n, float s) {
-    GRID_STRIDE(i, n) out[i] = x[i] * s;
-}
-
-// op 0: silu(x); 1: silu(a) * b; 2: gpt-oss's clamped SwiGLU of gate a and up b.
-extern "C" __global__ void activation(const float* a, const float* b, float* out, i64 n, int op,
-                                      float alpha, float limit) {
-    GRID_STRIDE(i, n) {
-        const float g = a[i];
-        if (op == 0) {
-            out[i] = g / (1.0f + expf(-g));
-        } else if (op == 1) {
-            out[i] = g / (1.0f + expf(-g)) * b[i];
-        } else {
-            out[i] = clamped_swiglu(g, b[i], alpha, limit);
-        }
-    }
-}
-
-// One block per row of d values: out = RMSNorm(x) * w, or with y set, sum = x + y (the
-// residual stream after a sublayer) and out = RMSNorm(sum) * w, in one pass.
-extern "C" __global__ void rms_norm(const float* x, float* out, int d, const float* y, float* sum,
-                                    const float* w, float eps) {
-    const i64 row = (i64)blockIdx.x * d;
-    const float* xr = x + row;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        const float v = y ? xr[i] + y[row + i] : xr[i];
-        if (y) sum[row + i] = v;
-        ss += v * v;
-    }
-    const float inv = 1.0f / sqrtf(block_sum(ss) / (float)d + eps);
-    const float* s = y ? sum + row : xr;  // each thread reads back only what it wrote
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[row + i] = s[i] * inv * w[i];
-}
-
-// One block per row of d values.
-extern "C" __global__ void softmax_rows(const float* x, float* out, int d) {
-    const float* xr = x + (i64)blockIdx.x * d;
-    float* o = out + (i64)blockIdx.x * d;
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) m = fmaxf(m, xr[i]);
-    m = block_max(m);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) s += expf(xr[i] - m);
-    const float inv = 1.0f / block_sum(s);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = expf(xr[i] - m) * inv;
 }
 
 struct RopeFreqs {

@@ -1,0 +1,296 @@
+//! Lazy arrays: inside [`lazily`], elementwise ops and row reductions on f32 arrays
+//! ([`crate::ops`]) record nodes into this thread's graph and return arrays whose values
+//! are not computed yet. The first read of any of them (a product, attention, a copy to the
+//! host) compiles the graph, with the values still referenced as its outputs (those
+//! dropped unread are never computed), and runs it: a norm after a residual add, or a
+//! gated activation, becomes one pass however the model wrote it. Plans are cached by the
+//! graph's structure and shapes, so each step of a decode loop compiles nothing.
+//!
+//! Outside [`lazily`] (or with [`set_enabled`]`(false)`), each op is compiled and run on
+//! its own as it is called: the eager path, one pass per op.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use super::compile::fingerprint;
+use super::{compile, run, Graph, NodeId, Plan};
+use crate::{Array, DType, Device, Error, Result};
+
+/// A value recorded and not yet computed: its node, and once computed, its array.
+pub(crate) struct Pending {
+    recording: Arc<Mutex<Recording>>,
+    node: NodeId,
+    device: Device,
+    value: OnceLock<Array>,
+}
+
+impl Pending {
+    pub(crate) fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The computed value; computes every value its recording still owes first if needed.
+    pub(crate) fn value(&self) -> Result<&Array> {
+        if let Some(v) = self.value.get() {
+            return Ok(v);
+        }
+        evaluate(&self.recording)?;
+        self.value
+            .get()
+            .ok_or_else(|| Error::Unsupported("a recorded value was not computed".into()))
+    }
+}
+
+/// A graph being recorded on one device, and the arrays behind its inputs.
+struct Recording {
+    device: Device,
+    graph: Graph,
+    /// Input `k`'s array and node.
+    inputs: Vec<(Array, NodeId)>,
+    /// Values handed out and not computed yet.
+    pending: Vec<(NodeId, Weak<Pending>)>,
+}
+
+impl Recording {
+    fn new(device: Device) -> Arc<Mutex<Recording>> {
+        Arc::new(Mutex::new(Recording {
+            device,
+            graph: Graph::new(),
+            inputs: Vec::new(),
+            pending: Vec::new(),
+        }))
+    }
+
+    /// The node that stands for `a` in this recording: its own node while it is a value
+    /// recorded here and not computed, else an input (one per distinct array).
+    fn node_of(&mut self, this: &Arc<Mutex<Recording>>, a: &Array) -> Result<NodeId> {
+        if let Some(p) = a.pending() {
+            if Arc::ptr_eq(&p.recording, this) && p.value.get().is_none() {
+                return Ok(p.node);
+            }
+        }
+        let a = a.ready()?;
+        if let Some((_, id)) = self.inputs.iter().find(|(b, _)| b.same_view(a)) {
+            return Ok(*id);
+        }
+        let id = self.graph.input(a.shape());
+        self.inputs.push((a.clone(), id));
+        Ok(id)
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+thread_local! {
+    /// This thread's recording inside [`lazily`], and how deep the scopes nest.
+    static CURRENT: RefCell<Option<Arc<Mutex<Recording>>>> = const { RefCell::new(None) };
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Plans evaluated on this thread inside [`traced`].
+    static TRACE: RefCell<Option<Vec<Arc<Plan>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` and returns, with its result, the plans evaluated on this thread while it ran
+/// (one per evaluation, in order): what a pass of a model fused, for `--dump-graph`.
+pub fn traced<T>(f: impl FnOnce() -> T) -> (T, Vec<Arc<Plan>>) {
+    let outer = TRACE.with(|t| t.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let plans = TRACE.with(|t| std::mem::replace(&mut *t.borrow_mut(), outer));
+    (out, plans.unwrap_or_default())
+}
+
+/// Turns lazy recording on or off for the whole process (on by default); off, [`lazily`]
+/// just calls its function and every op runs as it is called.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Runs `f` with ops recorded lazily on this thread (when enabled). Arrays it returns may
+/// still be pending; they compute when read, from any thread.
+pub fn lazily<T>(f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    /// Leaves the scope even when `f` unwinds.
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let depth = DEPTH.with(|d| {
+                d.set(d.get() - 1);
+                d.get()
+            });
+            if depth == 0 {
+                // Pending arrays keep the recording alive; later ops start a new one.
+                CURRENT.with(|c| c.borrow_mut().take());
+            }
+        }
+    }
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let _scope = Scope;
+    f()
+}
+
+fn in_scope() -> bool {
+    DEPTH.with(|d| d.get() > 0)
+}
+
+/// Records `build` over `inputs` (f32 arrays on one device) and returns arrays for the
+/// nodes it returns: pending inside [`lazily`], computed at once outside.
+pub(crate) fn record(
+    name: &str,
+    inputs: &[&Array],
+    build: impl FnOnce(&mut Graph, &[NodeId]) -> Result<Vec<NodeId>>,
+) -> Result<Vec<Array>> {
+    let device = inputs.first().map_or(Device::Cpu, |a| a.device());
+    for a in inputs {
+        if a.dtype() != DType::F32 || a.quant().is_some() {
+            return Err(Error::DType {
+                expected: DType::F32,
+                found: a.dtype(),
+            });
+        }
+        if a.device() != device {
+            return Err(Error::Device(format!(
+                "{name}: inputs on {device} and {}",
+                a.device()
+            )));
+        }
+    }
+    let lazy = in_scope();
+    let recording = if lazy {
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            match &*c {
+                Some(r) if r.lock().expect("recording").device == device => Arc::clone(r),
+                _ => {
+                    let r = Recording::new(device);
+                    *c = Some(Arc::clone(&r));
+                    r
+                }
+            }
+        })
+    } else {
+        Recording::new(device)
+    };
+    let outputs: Vec<Array> = {
+        let mut r = recording.lock().expect("recording");
+        let ids = inputs
+            .iter()
+            .map(|a| r.node_of(&recording, a))
+            .collect::<Result<Vec<_>>>()?;
+        // A failed build leaves only dead nodes behind.
+        let outs = build(&mut r.graph, &ids)?;
+        outs.into_iter()
+            .map(|id| {
+                let pending = Arc::new(Pending {
+                    recording: Arc::clone(&recording),
+                    node: id,
+                    device,
+                    value: OnceLock::new(),
+                });
+                r.pending.push((id, Arc::downgrade(&pending)));
+                Array::from_pending(pending, r.graph.shape(id))
+            })
+            .collect()
+    };
+    if lazy {
+        return Ok(outputs);
+    }
+    evaluate(&recording)?;
+    outputs.iter().map(|a| a.ready().cloned()).collect()
+}
+
+/// Computes every value of `recording` still referenced and not computed, then starts its
+/// graph afresh.
+fn evaluate(recording: &Arc<Mutex<Recording>>) -> Result<()> {
+    let mut r = recording.lock().expect("recording");
+    let live: Vec<(NodeId, Arc<Pending>)> = r
+        .pending
+        .iter()
+        .filter_map(|(id, w)| w.upgrade().map(|p| (*id, p)))
+        .filter(|(_, p)| p.value.get().is_none())
+        .collect();
+    if !live.is_empty() {
+        let outputs: Vec<NodeId> = live.iter().map(|(id, _)| *id).collect();
+        let plan = cached_plan(&r.graph, &outputs);
+        TRACE.with(|t| {
+            if let Some(plans) = t.borrow_mut().as_mut() {
+                plans.push(Arc::clone(&plan));
+            }
+        });
+        let inputs: Vec<&Array> = r.inputs.iter().map(|(a, _)| a).collect();
+        let values = run(&plan, &inputs)?;
+        for ((_, p), v) in live.iter().zip(values) {
+            // Only this evaluation sets values of this recording (under its lock).
+            let _ = p.value.set(v);
+        }
+    }
+    let device = r.device;
+    *r = Recording {
+        device,
+        graph: Graph::new(),
+        inputs: Vec::new(),
+        pending: Vec::new(),
+    };
+    Ok(())
+}
+
+/// Plans compiled so far, and what compiling them cost.
+#[derive(Default)]
+struct Plans {
+    plans: HashMap<Vec<u64>, Arc<Plan>>,
+    hits: u64,
+    compile_time: Duration,
+}
+
+/// Plans kept at most; past that the cache starts over (shapes without end, say).
+const MAX_PLANS: usize = 4096;
+
+fn plans() -> &'static Mutex<Plans> {
+    static PLANS: OnceLock<Mutex<Plans>> = OnceLock::new();
+    PLANS.get_or_init(Default::default)
+}
+
+fn cached_plan(graph: &Graph, outputs: &[NodeId]) -> Arc<Plan> {
+    let key = fingerprint(graph.nodes(), outputs.iter().map(|o| o.0));
+    let mut cache = plans().lock().expect("plans");
+    if let Some(plan) = cache.plans.get(&key) {
+        let plan = Arc::clone(plan);
+        cache.hits += 1;
+        return plan;
+    }
+    let start = Instant::now();
+    let plan = Arc::new(compile(graph, outputs));
+    cache.compile_time += start.elapsed();
+    if cache.plans.len() >= MAX_PLANS {
+        cache.plans.clear();
+    }
+    cache.plans.insert(key, Arc::clone(&plan));
+    plan
+}
+
+/// How the lazy graphs of this process have compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LazyStats {
+    /// Distinct plans compiled (one per graph structure and shapes).
+    pub plans: usize,
+    /// Evaluations answered by a compiled plan.
+    pub hits: u64,
+    /// Time spent compiling them all.
+    pub compile_time: Duration,
+}
+
+pub fn stats() -> LazyStats {
+    let cache = plans().lock().expect("plans");
+    LazyStats {
+        plans: cache.plans.len(),
+        hits: cache.hits,
+        compile_time: cache.compile_time,
+    }
+}
