@@ -261,36 +261,98 @@ enum Operand<'a> {
     },
 }
 
-/// An operand's values along one row: `at(j)`.
-enum RowOperand<'a> {
-    Fused(usize),
-    Constant(f32),
-    Slice {
-        values: &'a [f32],
-        base: usize,
-        stride: usize,
-    },
+/// An operand's values along one row: a row of them, or one value for the whole row.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Values(&'a [f32]),
+    Scalar(f32),
 }
 
-impl RowOperand<'_> {
-    fn at(&self, scratch: &[Vec<f32>], j: usize) -> f32 {
-        match *self {
-            RowOperand::Fused(t) => {
-                let v = &scratch[t];
-                v[if v.len() == 1 { 0 } else { j }]
+impl<'a> Row<'a> {
+    /// Row scratch as an operand (one value stands for the row).
+    fn of(values: &'a [f32]) -> Row<'a> {
+        match values {
+            [v] => Row::Scalar(*v),
+            _ => Row::Values(values),
+        }
+    }
+}
+
+/// `out[j] = f(x[j])`, one tight loop per case so that the compiler vectorizes it.
+fn map1(out: &mut [f32], x: Row, f: impl Fn(f32) -> f32) {
+    match x {
+        Row::Values(x) => out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)),
+        Row::Scalar(v) => out.fill(f(v)),
+    }
+}
+
+/// `out[j] = f(a[j], b[j])`, likewise.
+fn map2(out: &mut [f32], a: Row, b: Row, f: impl Fn(f32, f32) -> f32) {
+    match (a, b) {
+        (Row::Values(a), Row::Values(b)) => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
             }
-            RowOperand::Constant(c) => c,
-            RowOperand::Slice {
-                values,
-                base,
-                stride,
-            } => values[base + j * stride],
+        }
+        (Row::Values(a), Row::Scalar(y)) => out.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, y)),
+        (Row::Scalar(x), Row::Values(b)) => out.iter_mut().zip(b).for_each(|(o, &y)| *o = f(x, y)),
+        (Row::Scalar(x), Row::Scalar(y)) => out.fill(f(x, y)),
+    }
+}
+
+fn unary_row(op: Unary, x: Row, out: &mut [f32]) {
+    match op {
+        Unary::Neg => map1(out, x, |v| unary(Unary::Neg, v)),
+        Unary::Exp => map1(out, x, |v| unary(Unary::Exp, v)),
+        Unary::Recip => map1(out, x, |v| unary(Unary::Recip, v)),
+        Unary::Sqrt => map1(out, x, |v| unary(Unary::Sqrt, v)),
+        Unary::Rsqrt => map1(out, x, |v| unary(Unary::Rsqrt, v)),
+        Unary::Square => map1(out, x, |v| unary(Unary::Square, v)),
+        Unary::Sigmoid => map1(out, x, |v| unary(Unary::Sigmoid, v)),
+        Unary::Silu => map1(out, x, |v| unary(Unary::Silu, v)),
+        Unary::Tanh => map1(out, x, |v| unary(Unary::Tanh, v)),
+    }
+}
+
+fn binary_row(op: Binary, a: Row, b: Row, out: &mut [f32]) {
+    match op {
+        Binary::Add => map2(out, a, b, |x, y| binary(Binary::Add, x, y)),
+        Binary::Sub => map2(out, a, b, |x, y| binary(Binary::Sub, x, y)),
+        Binary::Mul => map2(out, a, b, |x, y| binary(Binary::Mul, x, y)),
+        Binary::Div => map2(out, a, b, |x, y| binary(Binary::Div, x, y)),
+        Binary::Max => map2(out, a, b, |x, y| binary(Binary::Max, x, y)),
+        Binary::Min => map2(out, a, b, |x, y| binary(Binary::Min, x, y)),
+    }
+}
+
+/// Operand `o`'s values along the row at `index` of `shape`: fused nodes' rows are in
+/// `scratch` at `spans[slot]`.
+fn operand_row<'a>(
+    o: &Operand<'a>,
+    scratch: &'a [f32],
+    spans: &[(usize, usize)],
+    index: &[usize],
+    shape: &[usize],
+) -> Row<'a> {
+    match o {
+        Operand::Fused(t) => {
+            let (start, len) = spans[*t];
+            Row::of(&scratch[start..start + len])
+        }
+        Operand::Constant(c) => Row::Scalar(*c),
+        Operand::Buffer { values, from } => {
+            let base = broadcast_offset(index, shape, from);
+            match *from.last().unwrap() {
+                1 => Row::Scalar(values[base]),
+                _ => Row::Values(&values[base..base + shape[shape.len() - 1]]),
+            }
         }
     }
 }
 
 /// One fused kernel, a row of its domain at a time: each node's values along the row into
-/// row scratch, then the written ones out.
+/// row scratch, then the written ones out. Everything but the arithmetic is worked out
+/// once per call, so a row costs no allocation.
 fn run_kernel(
     plan: &Plan,
     kernel: &Kernel,
@@ -299,10 +361,24 @@ fn run_kernel(
 ) {
     let fused = &kernel.nodes;
     let slot = |node: usize| fused.iter().position(|&f| f == node);
-    // Each fused node's operands, found once.
-    let operands: Vec<Vec<Operand>> = fused
+    // Per fused node: the shape it is evaluated over (a reduction's operand's), where its
+    // row lives in the scratch, and its operands.
+    struct Step<'a> {
+        op: Op,
+        shape: Vec<usize>,
+        start: usize,
+        len: usize,
+        operands: Vec<Operand<'a>>,
+    }
+    let mut start = 0;
+    let steps: Vec<Step> = fused
         .iter()
         .map(|&i| {
+            let node = &plan.nodes[i];
+            let shape = match node.op {
+                Op::Reduce(_, x) => plan.nodes[x.0].dims(),
+                _ => node.dims(),
+            };
             let operand = |id: NodeId| match (slot(id.0), plan.nodes[id.0].op) {
                 (Some(t), _) => Operand::Fused(t),
                 (None, Op::Constant(c)) => Operand::Constant(c),
@@ -311,69 +387,65 @@ fn run_kernel(
                     from: plan.nodes[id.0].dims(),
                 },
             };
-            plan.nodes[i].op.inputs().into_iter().map(operand).collect()
+            let len = *node.dims().last().expect("dims are never empty");
+            let step = Step {
+                op: node.op,
+                shape,
+                start,
+                len,
+                operands: node.op.inputs().into_iter().map(operand).collect(),
+            };
+            start += len;
+            step
         })
         .collect();
-    // Row scratch per fused node (its last axis).
-    let mut scratch: Vec<Vec<f32>> = fused
-        .iter()
-        .map(|&i| vec![0.0; *plan.nodes[i].dims().last().unwrap()])
-        .collect();
+    let mut scratch = vec![0.0f32; start];
+    let spans: Vec<(usize, usize)> = steps.iter().map(|s| (s.start, s.len)).collect();
     let written: Vec<usize> = dsts
         .iter()
         .map(|(w, _)| slot(*w).expect("a kernel writes its own nodes"))
         .collect();
+    let mut index = vec![0; kernel.lead.len() + 1];
     for row in 0..kernel.rows() {
-        for (s, &i) in fused.iter().enumerate() {
-            let node = &plan.nodes[i];
-            // A reduction reads its operand over the operand's own last axis.
-            let shape = match node.op {
-                Op::Reduce(_, x) => plan.nodes[x.0].dims(),
-                _ => node.dims(),
-            };
-            let mut index = unflatten(row, &shape[..shape.len() - 1]);
-            index.push(0);
-            let row_operands: Vec<RowOperand> = operands[s]
-                .iter()
-                .map(|o| match o {
-                    Operand::Fused(t) => RowOperand::Fused(*t),
-                    Operand::Constant(c) => RowOperand::Constant(*c),
-                    Operand::Buffer { values, from } => RowOperand::Slice {
-                        values,
-                        base: broadcast_offset(&index, &shape, from),
-                        stride: usize::from(*from.last().unwrap() != 1),
-                    },
-                })
-                .collect();
-            let mut out = std::mem::take(&mut scratch[s]);
-            match node.op {
+        for step in &steps {
+            let shape = &step.shape;
+            let width = shape[shape.len() - 1];
+            // The row's multi-index over the node's leading axes (which end like the
+            // kernel's), then column 0.
+            let lead = &shape[..shape.len() - 1];
+            let index = &mut index[..shape.len()];
+            let mut r = row;
+            for d in (0..lead.len()).rev() {
+                index[d] = r % lead[d];
+                r /= lead[d];
+            }
+            index[lead.len()] = 0;
+            // Operands come before the node in the scratch.
+            let (before, rest) = scratch.split_at_mut(step.start);
+            let out = &mut rest[..step.len];
+            let row_of = |o| operand_row(o, before, &spans, index, shape);
+            match step.op {
                 Op::Constant(c) => out.fill(c),
                 Op::Input(_) => unreachable!("inputs are read, never fused"),
-                Op::Unary(op, _) => {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = unary(op, row_operands[0].at(&scratch, j));
-                    }
-                }
-                Op::Binary(op, _, _) => {
-                    let (a, b) = (&row_operands[0], &row_operands[1]);
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = binary(op, a.at(&scratch, j), b.at(&scratch, j));
-                    }
-                }
+                Op::Unary(op, _) => unary_row(op, row_of(&step.operands[0]), out),
+                Op::Binary(op, _, _) => binary_row(
+                    op,
+                    row_of(&step.operands[0]),
+                    row_of(&step.operands[1]),
+                    out,
+                ),
                 Op::Reduce(op, _) => {
-                    let x = &row_operands[0];
-                    let values: Vec<f32> = (0..shape[shape.len() - 1])
-                        .map(|j| x.at(&scratch, j))
-                        .collect();
-                    out[0] = reduce(op, &values);
+                    out[0] = match row_of(&step.operands[0]) {
+                        Row::Values(v) => reduce(op, v),
+                        Row::Scalar(v) => reduce(op, &vec![v; width]),
+                    };
                 }
             }
-            scratch[s] = out;
         }
         for ((_, dst), &s) in dsts.iter_mut().zip(&written) {
-            let values = &scratch[s];
-            let w = values.len();
-            dst[row * w..(row + 1) * w].copy_from_slice(values);
+            let step = &steps[s];
+            let w = step.len;
+            dst[row * w..(row + 1) * w].copy_from_slice(&scratch[step.start..step.start + w]);
         }
     }
 }
