@@ -29,6 +29,34 @@ pub struct Kernel {
     pub width: usize,
     /// Whether it reduces rows (a row pass) or not (a flat pass).
     pub reduces: bool,
+    /// `nodes` as a runner evaluates them, in the same order.
+    pub steps: Vec<Step>,
+}
+
+/// One node of a kernel as its runner evaluates it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub node: usize,
+    pub op: Op,
+    /// The shape it is evaluated over (a reduction's is its operand's), never empty.
+    pub dims: Vec<usize>,
+    /// Values it has per row of the domain (1 for a reduction, or a per-row value).
+    pub len: usize,
+    /// Where each operand comes from.
+    pub sources: Vec<Source>,
+}
+
+/// Where a kernel's node reads an operand.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// The row of the kernel's `n`-th node (an earlier one).
+    Fused(usize),
+    Constant(f32),
+    /// The kernel's `read`-th buffer (`Kernel::reads`), of shape `dims`.
+    Read {
+        read: usize,
+        dims: Vec<usize>,
+    },
 }
 
 impl Kernel {
@@ -158,6 +186,7 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
                 lead,
                 width,
                 reduces: false,
+                steps: Vec::new(),
             });
         }
         let index = kernels.len() - 1;
@@ -186,6 +215,7 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
     }
     for (index, k) in kernels.iter_mut().enumerate() {
         k.nodes.sort_unstable(); // topological: the plan's numbering is
+        k.steps = k.nodes.iter().map(|&i| step(nodes, k, i)).collect();
         k.writes = k
             .nodes
             .iter()
@@ -194,6 +224,37 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
             .collect();
     }
     kernels
+}
+
+/// Node `i` of kernel `k` (whose nodes and reads are final) as a runner evaluates it.
+fn step(nodes: &[Node], k: &Kernel, i: usize) -> Step {
+    let node = &nodes[i];
+    let dims = match node.op {
+        Op::Reduce(_, x) => nodes[x.0].dims(),
+        _ => node.dims(),
+    };
+    let sources = node
+        .op
+        .inputs()
+        .into_iter()
+        .map(
+            |x| match (k.nodes.iter().position(|&n| n == x.0), nodes[x.0].op) {
+                (_, Op::Constant(c)) => Source::Constant(c),
+                (Some(n), _) => Source::Fused(n),
+                (None, _) => Source::Read {
+                    read: k.reads.iter().position(|&r| r == x.0).expect("read"),
+                    dims: nodes[x.0].dims(),
+                },
+            },
+        )
+        .collect();
+    Step {
+        node: i,
+        op: node.op,
+        dims,
+        len: *node.dims().last().expect("dims are never empty"),
+        sources,
+    }
 }
 
 /// The nodes `outputs` reach, each distinct computation once, in topological order; the

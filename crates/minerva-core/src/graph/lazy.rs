@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::compile::fingerprint;
-use super::{compile, run, Graph, NodeId, Plan};
+use super::{compile, run, Graph, Node, NodeId, Op, Plan};
 use crate::{Array, DType, Device, Error, Result};
 
 /// A value recorded and not yet computed: its node, and once computed, its array.
@@ -241,10 +240,19 @@ fn evaluate(recording: &Arc<Mutex<Recording>>) -> Result<()> {
     Ok(())
 }
 
-/// Plans compiled so far, and what compiling them cost.
+/// A recorded graph and its outputs, as the plan cache knows them.
+struct Entry {
+    nodes: Vec<Node>,
+    outputs: Vec<NodeId>,
+    plan: Arc<Plan>,
+}
+
+/// Plans compiled so far (by a hash of what was recorded, each checked node by node), and
+/// what compiling them cost.
 #[derive(Default)]
 struct Plans {
-    plans: HashMap<Vec<u64>, Arc<Plan>>,
+    plans: HashMap<u64, Vec<Entry>>,
+    count: usize,
     hits: u64,
     compile_time: Duration,
 }
@@ -257,21 +265,65 @@ fn plans() -> &'static Mutex<Plans> {
     PLANS.get_or_init(Default::default)
 }
 
+/// A hash of every node's op, operands and shape (constants by their bits) and of the
+/// outputs; cheap enough to take at every evaluation.
+fn graph_hash(nodes: &[Node], outputs: &[NodeId]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    for node in nodes {
+        match node.op {
+            Op::Input(k) => mix(k as u64),
+            Op::Constant(v) => mix(1 << 40 | u64::from(v.to_bits())),
+            Op::Unary(u, x) => mix(2 << 40 | (u as u64) << 32 | x.0 as u64),
+            Op::Binary(o, x, y) => {
+                mix(3 << 40 | (o as u64) << 32 | (x.0 as u64) << 16 ^ y.0 as u64)
+            }
+            Op::Reduce(o, x) => mix(4 << 40 | (o as u64) << 32 | x.0 as u64),
+        }
+        node.shape.iter().for_each(|&d| mix(d as u64));
+    }
+    outputs.iter().for_each(|o| mix(u64::MAX ^ o.0 as u64));
+    h
+}
+
+/// The same nodes, constants compared by their bits (0.0 and -0.0 differ).
+fn same_nodes(a: &[Node], b: &[Node]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.shape == y.shape
+                && match (x.op, y.op) {
+                    (Op::Constant(p), Op::Constant(q)) => p.to_bits() == q.to_bits(),
+                    (p, q) => p == q,
+                }
+        })
+}
+
 fn cached_plan(graph: &Graph, outputs: &[NodeId]) -> Arc<Plan> {
-    let key = fingerprint(graph.nodes(), outputs.iter().map(|o| o.0));
+    let hash = graph_hash(graph.nodes(), outputs);
     let mut cache = plans().lock().expect("plans");
-    if let Some(plan) = cache.plans.get(&key) {
-        let plan = Arc::clone(plan);
+    let found = cache.plans.get(&hash).and_then(|entries| {
+        entries
+            .iter()
+            .find(|e| e.outputs == outputs && same_nodes(&e.nodes, graph.nodes()))
+            .map(|e| Arc::clone(&e.plan))
+    });
+    if let Some(plan) = found {
         cache.hits += 1;
         return plan;
     }
     let start = Instant::now();
     let plan = Arc::new(compile(graph, outputs));
     cache.compile_time += start.elapsed();
-    if cache.plans.len() >= MAX_PLANS {
+    if cache.count >= MAX_PLANS {
         cache.plans.clear();
+        cache.count = 0;
     }
-    cache.plans.insert(key, Arc::clone(&plan));
+    cache.count += 1;
+    cache.plans.entry(hash).or_default().push(Entry {
+        nodes: graph.nodes().to_vec(),
+        outputs: outputs.to_vec(),
+        plan: Arc::clone(&plan),
+    });
     plan
 }
 
@@ -289,7 +341,7 @@ pub struct LazyStats {
 pub fn stats() -> LazyStats {
     let cache = plans().lock().expect("plans");
     LazyStats {
-        plans: cache.plans.len(),
+        plans: cache.count,
         hits: cache.hits,
         compile_time: cache.compile_time,
     }

@@ -17,7 +17,7 @@ pub(crate) mod lazy;
 mod memory;
 
 pub use cache::Compiled;
-pub use compile::{compile, Kernel, Plan};
+pub use compile::{compile, Kernel, Plan, Source, Step};
 pub use lazy::{
     enabled as lazy_enabled, lazily, set_enabled as set_lazy, stats as lazy_stats, traced,
     LazyStats,

@@ -4,7 +4,7 @@
 //! reference the fused passes must match bit for bit (same f32 operations per value, sums
 //! from the first value to the last).
 
-use crate::graph::{Binary, Buffer, Graph, Kernel, Node, NodeId, Op, Plan, Reduce, Unary};
+use crate::graph::{Binary, Buffer, Graph, Kernel, Node, NodeId, Op, Plan, Reduce, Source, Unary};
 use crate::{Error, Result};
 
 fn unary(op: Unary, x: f32) -> f32 {
@@ -184,11 +184,9 @@ pub fn run_plan_into(
             }
         }
         let arena_ptr = arena.as_mut_ptr();
-        let sources: Vec<(usize, &[f32])> = kernel
-            .reads
+        let sources: Vec<&[f32]> = places
             .iter()
-            .zip(&places)
-            .map(|(&r, place)| {
+            .map(|place| {
                 let values: &[f32] = match *place {
                     Place::Input(i) => inputs[i],
                     Place::Output(o) => {
@@ -204,7 +202,7 @@ pub fn run_plan_into(
                         std::slice::from_raw_parts(arena_ptr.add(b.offset), b.len)
                     },
                 };
-                (r, values)
+                values
             })
             .collect();
         let mut dsts: Vec<(usize, &mut [f32])> = kernel
@@ -228,7 +226,7 @@ pub fn run_plan_into(
                 (w, values)
             })
             .collect();
-        run_kernel(plan, kernel, &sources, &mut dsts);
+        run_kernel(kernel, &sources, &mut dsts);
         if poison {
             for b in plan.memory.buffers.iter().filter(|b| b.last == k) {
                 arena[b.offset..b.offset + b.len].fill(f32::NAN);
@@ -247,18 +245,6 @@ pub fn run_plan_into(
         }
     }
     Ok(())
-}
-
-/// Where a fused node reads an operand.
-enum Operand<'a> {
-    /// Another fused node's row (`slot` in the scratch).
-    Fused(usize),
-    Constant(f32),
-    /// A buffer of this shape (as evaluated).
-    Buffer {
-        values: &'a [f32],
-        from: Vec<usize>,
-    },
 }
 
 /// An operand's values along one row: a row of them, or one value for the whole row.
@@ -326,23 +312,25 @@ fn binary_row(op: Binary, a: Row, b: Row, out: &mut [f32]) {
 }
 
 /// Operand `o`'s values along the row at `index` of `shape`: fused nodes' rows are in
-/// `scratch` at `spans[slot]`.
+/// `scratch` at `spans[n]`, buffers in `sources`.
 fn operand_row<'a>(
-    o: &Operand<'a>,
+    o: &Source,
     scratch: &'a [f32],
     spans: &[(usize, usize)],
+    sources: &[&'a [f32]],
     index: &[usize],
     shape: &[usize],
 ) -> Row<'a> {
     match o {
-        Operand::Fused(t) => {
+        Source::Fused(t) => {
             let (start, len) = spans[*t];
             Row::of(&scratch[start..start + len])
         }
-        Operand::Constant(c) => Row::Scalar(*c),
-        Operand::Buffer { values, from } => {
-            let base = broadcast_offset(index, shape, from);
-            match *from.last().unwrap() {
+        Source::Constant(c) => Row::Scalar(*c),
+        Source::Read { read, dims } => {
+            let values = sources[*read];
+            let base = broadcast_offset(index, shape, dims);
+            match *dims.last().unwrap() {
                 1 => Row::Scalar(values[base]),
                 _ => Row::Values(&values[base..base + shape[shape.len() - 1]]),
             }
@@ -351,64 +339,29 @@ fn operand_row<'a>(
 }
 
 /// One fused kernel, a row of its domain at a time: each node's values along the row into
-/// row scratch, then the written ones out. Everything but the arithmetic is worked out
-/// once per call, so a row costs no allocation.
-fn run_kernel(
-    plan: &Plan,
-    kernel: &Kernel,
-    sources: &[(usize, &[f32])],
-    dsts: &mut [(usize, &mut [f32])],
-) {
-    let fused = &kernel.nodes;
-    let slot = |node: usize| fused.iter().position(|&f| f == node);
-    // Per fused node: the shape it is evaluated over (a reduction's operand's), where its
-    // row lives in the scratch, and its operands.
-    struct Step<'a> {
-        op: Op,
-        shape: Vec<usize>,
-        start: usize,
-        len: usize,
-        operands: Vec<Operand<'a>>,
+/// row scratch, then the written ones out. `sources` are its reads' values.
+fn run_kernel(kernel: &Kernel, sources: &[&[f32]], dsts: &mut [(usize, &mut [f32])]) {
+    let steps = &kernel.steps;
+    let mut spans = Vec::with_capacity(steps.len());
+    let mut end = 0;
+    for step in steps {
+        spans.push((end, step.len));
+        end += step.len;
     }
-    let mut start = 0;
-    let steps: Vec<Step> = fused
-        .iter()
-        .map(|&i| {
-            let node = &plan.nodes[i];
-            let shape = match node.op {
-                Op::Reduce(_, x) => plan.nodes[x.0].dims(),
-                _ => node.dims(),
-            };
-            let operand = |id: NodeId| match (slot(id.0), plan.nodes[id.0].op) {
-                (Some(t), _) => Operand::Fused(t),
-                (None, Op::Constant(c)) => Operand::Constant(c),
-                (None, _) => Operand::Buffer {
-                    values: sources.iter().find(|(r, _)| *r == id.0).expect("read").1,
-                    from: plan.nodes[id.0].dims(),
-                },
-            };
-            let len = *node.dims().last().expect("dims are never empty");
-            let step = Step {
-                op: node.op,
-                shape,
-                start,
-                len,
-                operands: node.op.inputs().into_iter().map(operand).collect(),
-            };
-            start += len;
-            step
-        })
-        .collect();
-    let mut scratch = vec![0.0f32; start];
-    let spans: Vec<(usize, usize)> = steps.iter().map(|s| (s.start, s.len)).collect();
+    let mut scratch = vec![0.0f32; end];
     let written: Vec<usize> = dsts
         .iter()
-        .map(|(w, _)| slot(*w).expect("a kernel writes its own nodes"))
+        .map(|(w, _)| {
+            steps
+                .iter()
+                .position(|s| s.node == *w)
+                .expect("a kernel writes its own nodes")
+        })
         .collect();
     let mut index = vec![0; kernel.lead.len() + 1];
     for row in 0..kernel.rows() {
-        for step in &steps {
-            let shape = &step.shape;
+        for (step, &(start, len)) in steps.iter().zip(&spans) {
+            let shape = &step.dims;
             let width = shape[shape.len() - 1];
             // The row's multi-index over the node's leading axes (which end like the
             // kernel's), then column 0.
@@ -421,21 +374,18 @@ fn run_kernel(
             }
             index[lead.len()] = 0;
             // Operands come before the node in the scratch.
-            let (before, rest) = scratch.split_at_mut(step.start);
-            let out = &mut rest[..step.len];
-            let row_of = |o| operand_row(o, before, &spans, index, shape);
+            let (before, rest) = scratch.split_at_mut(start);
+            let out = &mut rest[..len];
+            let row_of = |o| operand_row(o, before, &spans, sources, index, shape);
             match step.op {
                 Op::Constant(c) => out.fill(c),
                 Op::Input(_) => unreachable!("inputs are read, never fused"),
-                Op::Unary(op, _) => unary_row(op, row_of(&step.operands[0]), out),
-                Op::Binary(op, _, _) => binary_row(
-                    op,
-                    row_of(&step.operands[0]),
-                    row_of(&step.operands[1]),
-                    out,
-                ),
+                Op::Unary(op, _) => unary_row(op, row_of(&step.sources[0]), out),
+                Op::Binary(op, _, _) => {
+                    binary_row(op, row_of(&step.sources[0]), row_of(&step.sources[1]), out)
+                }
                 Op::Reduce(op, _) => {
-                    out[0] = match row_of(&step.operands[0]) {
+                    out[0] = match row_of(&step.sources[0]) {
                         Row::Values(v) => reduce(op, v),
                         Row::Scalar(v) => reduce(op, &vec![v; width]),
                     };
@@ -443,9 +393,8 @@ fn run_kernel(
             }
         }
         for ((_, dst), &s) in dsts.iter_mut().zip(&written) {
-            let step = &steps[s];
-            let w = step.len;
-            dst[row * w..(row + 1) * w].copy_from_slice(&scratch[step.start..step.start + w]);
+            let (start, w) = spans[s];
+            dst[row * w..(row + 1) * w].copy_from_slice(&scratch[start..start + w]);
         }
     }
 }
