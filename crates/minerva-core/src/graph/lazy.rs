@@ -230,13 +230,10 @@ fn evaluate(recording: &Arc<Mutex<Recording>>) -> Result<()> {
             let _ = p.value.set(v);
         }
     }
-    let device = r.device;
-    *r = Recording {
-        device,
-        graph: Graph::new(),
-        inputs: Vec::new(),
-        pending: Vec::new(),
-    };
+    // Start over, keeping the vectors' room for the next evaluation.
+    r.graph.clear();
+    r.inputs.clear();
+    r.pending.clear();
     Ok(())
 }
 
