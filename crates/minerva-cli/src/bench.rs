@@ -258,9 +258,12 @@ fn dump_graph(
 ) -> anyhow::Result<()> {
     let mut cache = whole_prompt_cache(model, max_len, kv)?;
     let token = argmax(&forward(model, prompt, &mut cache, Logits::Last)?.to_f32_vec()?);
-    // The pass runs on a worker of the thread pool (see `forward`): trace it there.
+    // The pass runs on a worker of the thread pool (see `forward`): trace it there. The
+    // first step after the prompt compiles the plans of its shapes (its bucket).
+    let before = graph::lazy_stats();
     let (logits, plans) =
         rayon::scope(|_| graph::traced(|| forward(model, &[token], &mut cache, Logits::Last)));
+    let after = graph::lazy_stats();
     logits?.to_f32_vec()?;
     let mut text = String::new();
     for (i, plan) in plans.iter().enumerate() {
@@ -276,9 +279,12 @@ fn dump_graph(
         .unwrap_or(0);
     println!(
         "graph ({}): one decode step evaluates {} plans, {recorded} recorded ops in {passes} \
-         passes, at most {peak} bytes between passes; plans in {}",
+         passes, at most {peak} bytes between passes; compiling its {} new plans took \
+         {:.2} ms; plans in {}",
         if graph::lazy_enabled() { "on" } else { "off" },
         plans.len(),
+        after.plans - before.plans,
+        (after.compile_time - before.compile_time).as_secs_f64() * 1e3,
         file.display()
     );
     Ok(())
