@@ -56,20 +56,24 @@ impl Gen<'_> {
             };
         }
         // A buffer: its flat offset from the row's indices over the domain's leading axes,
-        // whose sizes are the kernel's parameters `L0, L1, ..` (so one kernel serves every
-        // number of tokens); only whether an axis broadcasts is in the source.
+        // whose sizes are the kernel's parameters `L0, L1, ..`. Only an axis that
+        // broadcasts over a longer one is in the source, so one kernel serves every number
+        // of tokens, one token included: a decode step finds the kernels its prompt
+        // compiled (and compiles nothing while a CUDA graph is being captured).
         let xd = node.dims();
-        let lead = self.kernel.lead.len();
+        let lead = &self.kernel.lead;
         let pad = dims.len() - xd.len();
         let mut offset = String::from("0");
         for (d, &size) in xd.iter().enumerate() {
             let axis = pad + d;
-            let (index, extent) = if size == 1 {
+            let last = axis == dims.len() - 1;
+            let broadcast = size == 1 && (last || lead[axis] != 1);
+            let (index, extent) = if broadcast {
                 ("0".to_string(), "1".to_string())
-            } else if axis == dims.len() - 1 {
+            } else if last {
                 (j.to_string(), format!("{size}L"))
             } else {
-                let inner: String = (axis + 1..lead).map(|a| format!(" / L{a}")).collect();
+                let inner: String = (axis + 1..lead.len()).map(|a| format!(" / L{a}")).collect();
                 (format!("((row{inner}) % L{axis})"), format!("L{axis}"))
             };
             offset = format!("({offset}) * {extent} + {index}");
@@ -489,6 +493,23 @@ pub(crate) fn run_plan(
 mod tests {
     use super::*;
     use crate::graph::{compile as compile_graph, Graph};
+
+    /// A decode step's plans (one row) generate the source its prompt's plans (many rows)
+    /// compiled, so capturing a decode step compiles nothing.
+    #[test]
+    fn one_source_serves_every_number_of_rows() {
+        let source = |rows: usize| {
+            let mut g = Graph::new();
+            let x = g.input(&[rows, 8]);
+            let y = g.input(&[rows, 8]);
+            let w = g.input(&[8]);
+            let sum = g.binary(Binary::Add, x, y).unwrap();
+            let normed = g.rms_norm(sum, w, 1e-5).unwrap();
+            plan_source(&compile_graph(&g, &[sum, normed]))
+        };
+        assert_eq!(source(1), source(5));
+        assert_eq!(source(1), source(512));
+    }
 
     /// Generated kernels compile for Hopper wherever NVRTC loads (no GPU needed).
     #[test]
