@@ -52,13 +52,18 @@ fn broadcast_offset(index: &[usize], shape: &[usize], from: &[usize]) -> usize {
 }
 
 /// The multi-index of flat position `flat` in `shape`.
-fn unflatten(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+fn unflatten(flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut index = vec![0; shape.len()];
+    unflatten_into(flat, shape, &mut index);
+    index
+}
+
+/// [`unflatten`] into `index` (of `shape`'s length).
+fn unflatten_into(mut flat: usize, shape: &[usize], index: &mut [usize]) {
     for d in (0..shape.len()).rev() {
         index[d] = flat % shape[d];
         flat /= shape[d];
     }
-    index
 }
 
 /// The values of `outputs`, each node computed over its whole shape (`inputs[i]` holds input
@@ -367,11 +372,7 @@ fn run_kernel(kernel: &Kernel, sources: &[&[f32]], dsts: &mut [(usize, &mut [f32
             // kernel's), then column 0.
             let lead = &shape[..shape.len() - 1];
             let index = &mut index[..shape.len()];
-            let mut r = row;
-            for d in (0..lead.len()).rev() {
-                index[d] = r % lead[d];
-                r /= lead[d];
-            }
+            unflatten_into(row, lead, index);
             index[lead.len()] = 0;
             // Operands come before the node in the scratch.
             let (before, rest) = scratch.split_at_mut(start);
