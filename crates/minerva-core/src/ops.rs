@@ -1,13 +1,14 @@
 //! The ops API: everything model code may do to an [`Array`].
 //!
 //! Ops check their arguments and return new arrays, computed by the backend of the device
-//! the arguments are on (all on one device; mixing is an error). Elementwise ops, norms and
-//! softmax are ops of the lazy graph (`graph::lazy`): inside `graph::lazily` they record and
-//! fuse, and compute when something reads them; products, attention and the rest run as
-//! they are called, reading their inputs (and so computing what they need).
+//! the arguments are on (all on one device; mixing is an error). Elementwise ops, norms,
+//! softmax and products are ops of the lazy graph (`graph::lazy`): inside `graph::lazily`
+//! they record and fuse, and compute when something reads them; attention, RoPE and the
+//! rest run as they are called, reading their inputs (and so computing what they need).
 
 use half::{bf16, f16};
 
+use crate::backends::cpu::linear::halves;
 use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
 use crate::backends::cuda::ops as gpu;
 use crate::graph::{lazy, Binary, Graph, NodeId, Reduce, Unary};
@@ -45,14 +46,6 @@ fn expect_f32(op: &str, a: &Array) -> Result<()> {
     Ok(())
 }
 
-/// Widens 16-bit float bytes (possibly unaligned, as in a mapping) into a typed vector.
-fn halves<T: bytemuck::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
-    match bytemuck::try_cast_slice(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
-    }
-}
-
 /// `x @ wᵀ (+ bias)`: `x` is `[.., k]` f32, `w` is `[n, k]` in any weight dtype (dense or
 /// block-quantized, read in place), `bias` is `[n]`. Returns `[.., n]` f32.
 pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
@@ -75,33 +68,32 @@ pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
     }
     let mut args = vec![x, w];
     args.extend(bias);
-    if on_gpu("linear", &args)? {
-        expect_f32("linear", x)?;
-        return gpu::linear(x, w, bias, &out_shape);
+    on_gpu("linear", &args)?;
+    if !matches!(
+        w.dtype(),
+        DType::F32
+            | DType::F16
+            | DType::BF16
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q8_0
+            | DType::Affine { .. }
+            | DType::Mxfp4
+    ) {
+        return Err(Error::Unsupported(format!(
+            "linear with {} weights",
+            w.dtype()
+        )));
     }
-    let xs = x.as_f32()?;
-    let tokens = xs.len() / k;
-    let mut out = Array::zeros(DType::F32, &out_shape)?;
-    let o = out.as_f32_mut()?;
-    match w.dtype() {
-        DType::F32 => dense::matmul_f32(xs, w.as_f32()?, tokens, k, n, true, o),
-        DType::F16 => dense::matmul_half::<f16>(&halves(w.host_bytes()?), n, k, xs, o),
-        DType::BF16 => dense::matmul_half::<bf16>(&halves(w.host_bytes()?), n, k, xs, o),
-        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => {
-            quant::matmul(w.dtype(), w.host_bytes()?, n, k, xs, o)
-        }
-        DType::Affine { .. } | DType::Mxfp4 => {
-            grouped::matmul(&grouped::GroupedView::of(w)?, xs, o)
-        }
-        other => return Err(Error::Unsupported(format!("linear with {other} weights"))),
-    }
-    if let Some(bias) = bias {
-        let b = bias.as_f32()?;
-        for row in o.chunks_exact_mut(n) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
-    }
-    Ok(out)
+    // A weight still to be computed is computed now: products read weights in place.
+    let w = w.ready()?;
+    let mut inputs = vec![x];
+    inputs.extend(bias);
+    let mut out = lazy::record_weighted("linear", &inputs, &[w], |g, ids| {
+        let bias = bias.map(|_| ids[1]);
+        Ok(vec![g.product(ids[0], ids[inputs.len()], bias)?])
+    })?;
+    Ok(out.pop().expect("one output"))
 }
 
 /// `a @ b` for f32 `[m, k]` and `[k, n]`.

@@ -1000,3 +1000,42 @@ fn compiled_graphs_match_the_cpu() {
     assert_eq!(got[0].to_f32_vec().unwrap(), want[0].to_f32_vec().unwrap());
     assert_close("rms_norm(x + y)", &got[1], &want[1], 2e-6);
 }
+
+/// Products of one input recorded together (a layer's q, k and v) run in one launch where
+/// their format takes the warp-per-row kernels: each gives the bits it gives alone, for one
+/// token and a few, with and without a bias.
+#[test]
+fn products_of_one_input_give_their_bits_alone() {
+    if !gpu_ready("products_of_one_input_give_their_bits_alone") {
+        return;
+    }
+    let mut rng = Rng(9);
+    let k = 576;
+    for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
+        let weight = |rng: &mut Rng, n: usize| match dtype {
+            DType::F16 => dense(&rng.vec(n * k), &[n, k], DType::F16),
+            _ => gguf(rng, dtype, &[n, k]),
+        };
+        let (wq, wk, wv) = (
+            weight(&mut rng, 576),
+            weight(&mut rng, 192),
+            weight(&mut rng, 70),
+        );
+        let bias = gpu(&rng.array(&[192]));
+        let (wq, wk, wv) = (gpu(&wq), gpu(&wk), gpu(&wv));
+        for tokens in [1, 3] {
+            let x = gpu(&rng.array(&[tokens, k]));
+            let step = || {
+                let q = ops::linear(&x, &wq, None).unwrap();
+                let k = ops::linear(&x, &wk, Some(&bias)).unwrap();
+                let v = ops::linear(&x, &wv, None).unwrap();
+                [q, k, v].map(|a| a.to_f32_vec().unwrap())
+            };
+            let alone = step();
+            let (together, plans) =
+                minerva_core::graph::traced(|| minerva_core::graph::lazily(step));
+            assert!(plans[0].kernels[0].steps.len() == 3, "{}", plans[0]);
+            assert_eq!(together, alone, "{dtype} x{tokens}");
+        }
+    }
+}

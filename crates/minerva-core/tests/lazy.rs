@@ -151,3 +151,38 @@ fn a_bad_op_fails_where_it_is_called() {
         assert_eq!(z.to_f32_vec().unwrap(), [3.0; 6]);
     });
 }
+
+/// Products recorded lazily: the q, k and v of one input (f32 with a bias, MXFP4, MLX
+/// affine 4-bit) make one kernel of products, then a gated activation of two of them a
+/// pass; the values are the bits of the ops run one by one.
+#[test]
+fn products_of_one_input_run_together_and_give_the_eager_bits() {
+    let (tokens, k) = (3, 64);
+    let x = Array::from_f32(&values(tokens * k, 7), &[tokens, k]).unwrap();
+    let dense = |n: usize, seed: u32| Array::from_f32(&values(n * k, seed), &[n, k]).unwrap();
+    let wq = dense(32, 8);
+    let bias = Array::from_f32(&values(32, 9), &[32]).unwrap();
+    let wk = ops::quantize(&dense(16, 10), minerva_core::DType::Mxfp4).unwrap();
+    let affine = minerva_core::DType::Affine { bits: 4, group: 32 };
+    let wv = ops::quantize(&dense(16, 11), affine).unwrap();
+    let step = || {
+        let q = ops::linear(&x, &wq, Some(&bias)).unwrap();
+        let k = ops::linear(&x, &wk, None).unwrap();
+        let v = ops::linear(&x, &wv, None).unwrap();
+        let gated = ops::swiglu(&k, &v).unwrap();
+        [q, k, v, gated].map(|a| a.to_f32_vec().unwrap())
+    };
+    let eager = step();
+    let (lazy, plans) = minerva_core::graph::traced(|| lazily(step));
+    assert_eq!(lazy, eager);
+    // The first read computes everything recorded: the three products in one kernel,
+    // then the gated activation.
+    let plan = &plans[0];
+    assert_eq!(plan.launches(), 2, "{plan}");
+    assert!(
+        plan.kernels[0].products && plan.kernels[0].steps.len() == 3,
+        "{plan}"
+    );
+    // A weight that does not fit fails where it is called.
+    lazily(|| assert!(ops::linear(&x, &dense(8, 1).reshape(&[4, 128]).unwrap(), None).is_err()));
+}

@@ -8,6 +8,10 @@
 //! reductions are computed in order and the values that use them (a norm's scaling, a
 //! softmax's division) in the same pass. A kernel writes only the values later kernels or
 //! the caller read, so a residual sum and its norm come out of one pass.
+//!
+//! Products are kernels of their own, run by the backends' product kernels; consecutive
+//! products of one input (a layer's q, k and v, or its gate and up) make one kernel, which
+//! a backend runs as one launch or one parallel region.
 
 use std::collections::HashMap;
 
@@ -29,6 +33,8 @@ pub struct Kernel {
     pub width: usize,
     /// Whether it reduces rows (a row pass) or not (a flat pass).
     pub reduces: bool,
+    /// Whether its nodes are products of one input (and nothing else).
+    pub products: bool,
     /// `nodes` as a runner evaluates them, in the same order.
     pub steps: Vec<Step>,
 }
@@ -96,6 +102,17 @@ impl Plan {
             .sum()
     }
 
+    /// The nodes products read as weights (inputs of any dtype; every other input is f32).
+    pub fn weights(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::Product { w, .. } => Some(w.index()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Equal for plans of the same computation (see [`fingerprint`]).
     pub(crate) fn fingerprint(&self) -> Vec<u64> {
         fingerprint(&self.nodes, self.outputs.iter().copied())
@@ -129,6 +146,11 @@ pub(crate) fn fingerprint(nodes: &[Node], outputs: impl Iterator<Item = usize>) 
             Op::Unary(u, x) => (2 + ((u as u64) << 8), x.0 as u64, 0),
             Op::Binary(o, x, y) => (3 + ((o as u64) << 8), x.0 as u64, y.0 as u64),
             Op::Reduce(o, x) => (4 + ((o as u64) << 8), x.0 as u64, 0),
+            Op::Product { x, w, bias } => (
+                5 + (bias.map_or(0, |b| b.0 as u64 + 1) << 8),
+                x.0 as u64,
+                w.0 as u64,
+            ),
         };
         key.extend([tag, a, b, node.shape.len() as u64]);
         key.extend(node.shape.iter().map(|&d| d as u64));
@@ -151,7 +173,12 @@ fn domain(nodes: &[Node], i: usize) -> (Vec<usize>, usize) {
 
 /// Whether node `i`, over `(lead, width)`, can be computed in kernel `k`'s pass.
 fn fits(k: &Kernel, nodes: &[Node], i: usize, lead: &[usize], width: usize) -> bool {
-    if lead != k.lead {
+    if let Op::Product { x, .. } = nodes[i].op {
+        // Products of one input share a kernel.
+        let first_x = k.steps.first().map(|s| s.op.inputs()[0]);
+        return k.products && first_x == Some(x);
+    }
+    if lead != k.lead || k.products {
         return false;
     }
     // A kernel of width 1 without reductions widens to the first wider node; its values
@@ -186,6 +213,7 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
                 lead,
                 width,
                 reduces: false,
+                products: matches!(node.op, Op::Product { .. }),
                 steps: Vec::new(),
             });
         }
@@ -193,6 +221,16 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
         let k = &mut kernels[index];
         k.width = k.width.max(width);
         k.reduces |= matches!(node.op, Op::Reduce(..));
+        if k.products {
+            // `fits` finds a product kernel's input in its first step.
+            k.steps.push(Step {
+                node: i,
+                op: node.op,
+                dims: Vec::new(),
+                len: 0,
+                sources: Vec::new(),
+            });
+        }
         for input in node.op.inputs() {
             let j = input.0;
             if matches!(nodes[j].op, Op::Constant(_)) {
@@ -276,13 +314,7 @@ fn live_unique(graph: &Graph, outputs: &[NodeId]) -> (Vec<Node>, Vec<usize>, usi
     let mut seen: HashMap<Key, usize> = HashMap::new();
     let mut merged = 0;
     for (i, node) in graph.nodes().iter().enumerate().filter(|(i, _)| live[*i]) {
-        let map = |id: NodeId| NodeId(new_index[id.0]);
-        let op = match node.op {
-            Op::Unary(u, x) => Op::Unary(u, map(x)),
-            Op::Binary(b, x, y) => Op::Binary(b, map(x), map(y)),
-            Op::Reduce(r, x) => Op::Reduce(r, map(x)),
-            other => other,
-        };
+        let op = node.op.map_inputs(|id| NodeId(new_index[id.0]));
         let key = Key::of(&op, &node.shape);
         if let Some(&existing) = seen.get(&key) {
             new_index[i] = existing;

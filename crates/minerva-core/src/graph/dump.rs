@@ -26,7 +26,11 @@ impl fmt::Display for Plan {
                 let names: Vec<String> = nodes.iter().map(|r| format!("%{r}")).collect();
                 names.join(" ")
             };
-            let form = if kernel.reduces { "rows" } else { "flat" };
+            let form = match (kernel.products, kernel.reduces) {
+                (true, _) => "products",
+                (false, true) => "rows",
+                (false, false) => "flat",
+            };
             writeln!(
                 f,
                 "k{k} {form} {:?}x{}: {} | reads {} | writes {}",
@@ -60,6 +64,10 @@ fn node_text(plan: &Plan, i: usize) -> String {
         Op::Unary(u, x) => format!("{u:?} %{}", x.index()),
         Op::Binary(b, x, y) => format!("{b:?} %{} %{}", x.index(), y.index()),
         Op::Reduce(r, x) => format!("{r:?} %{}", x.index()),
+        Op::Product { x, w, bias } => match bias {
+            Some(b) => format!("Product %{} %{} + %{}", x.index(), w.index(), b.index()),
+            None => format!("Product %{} %{}", x.index(), w.index()),
+        },
     };
     format!("%{i} = {op}")
 }

@@ -1,9 +1,10 @@
-//! Lazy arrays: inside [`lazily`], elementwise ops and row reductions on f32 arrays
-//! ([`crate::ops`]) record nodes into this thread's graph and return arrays whose values
-//! are not computed yet. The first read of any of them (a product, attention, a copy to the
-//! host) compiles the graph, with the values still referenced as its outputs (those
+//! Lazy arrays: inside [`lazily`], elementwise ops, row reductions and products on f32
+//! arrays ([`crate::ops`]) record nodes into this thread's graph and return arrays whose
+//! values are not computed yet. The first read of any of them (attention, RoPE, a reshape,
+//! a copy to the host) compiles the graph, with the values still referenced as its outputs (those
 //! dropped unread are never computed), and runs it: a norm after a residual add, or a
-//! gated activation, becomes one pass however the model wrote it. Plans are cached by the
+//! gated activation, becomes one pass however the model wrote it, and the products of one
+//! input (q, k and v) one kernel. Plans are cached by the
 //! graph's structure and shapes, so each step of a decode loop compiles nothing.
 //!
 //! Outside [`lazily`] (or with [`set_enabled`]`(false)`), each op is compiled and run on
@@ -146,7 +147,24 @@ pub(crate) fn record(
     inputs: &[&Array],
     build: impl FnOnce(&mut Graph, &[NodeId]) -> Result<Vec<NodeId>>,
 ) -> Result<Vec<Array>> {
+    record_weighted(name, inputs, &[], build)
+}
+
+/// [`record`] with `weights` too: arrays of any dtype that only products read (their nodes
+/// follow the inputs' in what `build` gets).
+pub(crate) fn record_weighted(
+    name: &str,
+    inputs: &[&Array],
+    weights: &[&Array],
+    build: impl FnOnce(&mut Graph, &[NodeId]) -> Result<Vec<NodeId>>,
+) -> Result<Vec<Array>> {
     let device = inputs.first().map_or(Device::Cpu, |a| a.device());
+    if let Some(w) = weights.iter().find(|w| w.device() != device) {
+        return Err(Error::Device(format!(
+            "{name}: inputs on {device} and {}",
+            w.device()
+        )));
+    }
     for a in inputs {
         if a.dtype() != DType::F32 || a.quant().is_some() {
             return Err(Error::DType {
@@ -181,6 +199,7 @@ pub(crate) fn record(
         let mut r = recording.lock().expect("recording");
         let ids = inputs
             .iter()
+            .chain(weights)
             .map(|a| r.node_of(&recording, a))
             .collect::<Result<Vec<_>>>()?;
         // A failed build leaves only dead nodes behind.
@@ -276,6 +295,10 @@ fn graph_hash(nodes: &[Node], outputs: &[NodeId]) -> u64 {
                 mix(3 << 40 | (o as u64) << 32 | (x.0 as u64) << 16 ^ y.0 as u64)
             }
             Op::Reduce(o, x) => mix(4 << 40 | (o as u64) << 32 | x.0 as u64),
+            Op::Product { x, w, bias } => {
+                mix(5 << 40 | (x.0 as u64) << 20 | w.0 as u64);
+                mix(bias.map_or(0, |b| b.0 as u64 + 1));
+            }
         }
         node.shape.iter().for_each(|&d| mix(d as u64));
     }

@@ -78,6 +78,13 @@ pub enum Op {
     Unary(Unary, NodeId),
     Binary(Binary, NodeId, NodeId),
     Reduce(Reduce, NodeId),
+    /// `x · wᵀ (+ bias)`: `x` is `[.., k]`, the weight an input `[n, k]` of any dtype the
+    /// backends multiply (dense or quantized), the bias `[n]`; the result is `[.., n]`.
+    Product {
+        x: NodeId,
+        w: NodeId,
+        bias: Option<NodeId>,
+    },
 }
 
 impl Op {
@@ -87,6 +94,22 @@ impl Op {
             Op::Input(_) | Op::Constant(_) => Vec::new(),
             Op::Unary(_, x) | Op::Reduce(_, x) => vec![x],
             Op::Binary(_, a, b) => vec![a, b],
+            Op::Product { x, w, bias } => [x, w].into_iter().chain(bias).collect(),
+        }
+    }
+
+    /// The op with every operand `id` replaced by `map(id)`.
+    pub fn map_inputs(&self, map: impl Fn(NodeId) -> NodeId) -> Op {
+        match *self {
+            Op::Unary(u, x) => Op::Unary(u, map(x)),
+            Op::Binary(b, x, y) => Op::Binary(b, map(x), map(y)),
+            Op::Reduce(r, x) => Op::Reduce(r, map(x)),
+            Op::Product { x, w, bias } => Op::Product {
+                x: map(x),
+                w: map(w),
+                bias: bias.map(&map),
+            },
+            other => other,
         }
     }
 
@@ -194,6 +217,25 @@ impl Graph {
         Ok(self.push(Op::Reduce(op, x), shape))
     }
 
+    /// `x · wᵀ + bias` (see [`Op::Product`]); a shape error where they do not fit.
+    pub fn product(&mut self, x: NodeId, w: NodeId, bias: Option<NodeId>) -> Result<NodeId> {
+        let (xs, ws) = (self.shape(x), self.shape(w));
+        let (&[n, k], Some(&xk)) = (ws, xs.last()) else {
+            return Err(Error::Shape(format!(
+                "product of {xs:?} and a weight {ws:?}: need [.., k] and [n, k]"
+            )));
+        };
+        if xk != k || bias.is_some_and(|b| self.shape(b) != [n]) {
+            return Err(Error::Shape(format!(
+                "product of {xs:?} and a weight {ws:?} (bias {:?})",
+                bias.map(|b| self.shape(b))
+            )));
+        }
+        let mut shape = xs.to_vec();
+        *shape.last_mut().expect("x has a last axis") = n;
+        Ok(self.push(Op::Product { x, w, bias }, shape))
+    }
+
     /// RMS norm over the last axis, `x / sqrt(mean(x^2) + eps) * weight`, from primitive ops
     /// (as a model would record it).
     pub fn rms_norm(&mut self, x: NodeId, weight: NodeId, eps: f32) -> Result<NodeId> {
@@ -210,7 +252,8 @@ impl Graph {
     }
 }
 
-/// Runs `plan` on f32 `inputs` (all on one device) there, and returns its outputs.
+/// Runs `plan` on `inputs` (all on one device; f32, but for products' weights) there, and
+/// returns its outputs.
 pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
     let device = inputs.first().map_or(Device::Cpu, |a| a.device());
     if let Some(other) = inputs.iter().find(|a| a.device() != device) {
@@ -221,7 +264,14 @@ pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
     }
     match device {
         Device::Cpu => {
-            let slices: Vec<&[f32]> = inputs.iter().map(|a| a.as_f32()).collect::<Result<_>>()?;
+            // Weights (any dtype) are read as arrays, by the products.
+            let slices: Vec<&[f32]> = inputs
+                .iter()
+                .map(|a| match a.dtype() {
+                    crate::DType::F32 if a.quant().is_none() => a.as_f32(),
+                    _ => Ok(&[][..]),
+                })
+                .collect::<Result<_>>()?;
             let mut outputs: Vec<Array> = plan
                 .outputs
                 .iter()
@@ -231,7 +281,7 @@ pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
                 .iter_mut()
                 .map(|a| a.as_f32_mut())
                 .collect::<Result<_>>()?;
-            cpu::fused::run_plan_into(plan, &slices, &mut values, false)?;
+            cpu::fused::run_plan_into(plan, &slices, inputs, &mut values, false)?;
             Ok(outputs)
         }
         Device::Cuda(n) => cuda::fused::run_plan(&cuda::device(n)?, plan, inputs),

@@ -67,20 +67,15 @@ impl Attention {
         layer: usize,
     ) -> Result<Array> {
         let tokens = x.dim(0);
-        let project = |w: &Array, b: &Option<Array>, heads: usize| {
-            ops::linear(x, w, b.as_ref())?.reshape(&[tokens, heads, self.head_dim])
-        };
-        let q = ops::rope(
-            &project(&self.q, &self.q_bias, self.heads)?,
-            positions,
-            rope,
-        )?;
-        let k = ops::rope(
-            &project(&self.k, &self.k_bias, self.kv_heads)?,
-            positions,
-            rope,
-        )?;
-        let v = project(&self.v, &self.v_bias, self.kv_heads)?;
+        // All three products before anything reads one (a reshape reads), so that they run
+        // together.
+        let q = ops::linear(x, &self.q, self.q_bias.as_ref())?;
+        let k = ops::linear(x, &self.k, self.k_bias.as_ref())?;
+        let v = ops::linear(x, &self.v, self.v_bias.as_ref())?;
+        let heads = |a: Array, n: usize| a.reshape(&[tokens, n, self.head_dim]);
+        let q = ops::rope(&heads(q, self.heads)?, positions, rope)?;
+        let k = ops::rope(&heads(k, self.kv_heads)?, positions, rope)?;
+        let v = heads(v, self.kv_heads)?;
         let opts = AttentionOptions {
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             window: self.window,

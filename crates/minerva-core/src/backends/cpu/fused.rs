@@ -4,8 +4,9 @@
 //! reference the fused passes must match bit for bit (same f32 operations per value, sums
 //! from the first value to the last).
 
+use super::linear::linear_into;
 use crate::graph::{Binary, Buffer, Graph, Kernel, Node, NodeId, Op, Plan, Reduce, Source, Unary};
-use crate::{Error, Result};
+use crate::{Array, Error, Result};
 
 fn unary(op: Unary, x: f32) -> f32 {
     match op {
@@ -91,6 +92,11 @@ pub fn run_unfused(graph: &Graph, outputs: &[NodeId], inputs: &[&[f32]]) -> Resu
                 .chunks(*graph.shape(x).last().expect("not a scalar"))
                 .map(|row| reduce(op, row))
                 .collect(),
+            Op::Product { .. } => {
+                return Err(Error::Unsupported(
+                    "node-by-node evaluation of products (their weights are arrays)".into(),
+                ))
+            }
         };
         values.push(out);
     }
@@ -141,20 +147,29 @@ pub fn run_plan(plan: &Plan, inputs: &[&[f32]], poison: bool) -> Result<Vec<Vec<
         .map(|&o| vec![0.0; plan.nodes[o].numel()])
         .collect();
     let mut slices: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-    run_plan_into(plan, inputs, &mut slices, poison)?;
+    run_plan_into(plan, inputs, &[], &mut slices, poison)?;
     Ok(outputs)
 }
 
-/// [`run_plan`] into `outputs` (one slice per plan output, of its size).
+/// [`run_plan`] into `outputs` (one slice per plan output, of its size). Products take
+/// their weights from `arrays` (input `i` is `arrays[i]`; its slice in `inputs` is unused).
 pub fn run_plan_into(
     plan: &Plan,
     inputs: &[&[f32]],
+    arrays: &[&Array],
     outputs: &mut [&mut [f32]],
     poison: bool,
 ) -> Result<()> {
-    for node in &plan.nodes {
+    let weights = plan.weights();
+    for (i, node) in plan.nodes.iter().enumerate() {
         if let Op::Input(k) = node.op {
-            input(inputs, k, node)?;
+            if weights.contains(&i) {
+                arrays
+                    .get(k)
+                    .ok_or_else(|| Error::Shape(format!("graph input {k}: no weight array")))?;
+            } else {
+                input(inputs, k, node)?;
+            }
         }
     }
     for (o, &node) in plan.outputs.iter().enumerate() {
@@ -231,7 +246,11 @@ pub fn run_plan_into(
                 (w, values)
             })
             .collect();
-        run_kernel(kernel, &sources, &mut dsts);
+        if kernel.products {
+            run_products(plan, kernel, &sources, arrays, &mut dsts)?;
+        } else {
+            run_kernel(kernel, &sources, &mut dsts);
+        }
         if poison {
             for b in plan.memory.buffers.iter().filter(|b| b.last == k) {
                 arena[b.offset..b.offset + b.len].fill(f32::NAN);
@@ -250,6 +269,45 @@ pub fn run_plan_into(
         }
     }
     Ok(())
+}
+
+/// A kernel of products of one input: all of them at once, their rows shared among the
+/// threads (no thread waits for one product's stragglers before the next starts).
+fn run_products(
+    plan: &Plan,
+    kernel: &Kernel,
+    sources: &[&[f32]],
+    arrays: &[&Array],
+    dsts: &mut [(usize, &mut [f32])],
+) -> Result<()> {
+    let read = |s: &Source| match s {
+        Source::Read { read, .. } => *read,
+        _ => unreachable!("a product's operands are buffers"),
+    };
+    let mut jobs = Vec::with_capacity(kernel.steps.len());
+    for (step, (node, out)) in kernel.steps.iter().zip(dsts.iter_mut()) {
+        debug_assert_eq!(step.node, *node, "a product kernel writes every product");
+        let w = kernel.reads[read(&step.sources[1])];
+        let Op::Input(k) = plan.nodes[w].op else {
+            unreachable!("weights are inputs (ops::linear computes them first)")
+        };
+        let x = sources[read(&step.sources[0])];
+        let bias = step.sources.get(2).map(|b| sources[read(b)]);
+        jobs.push((x, arrays[k], bias, &mut **out));
+    }
+    if let [(x, w, bias, out)] = &mut jobs[..] {
+        return linear_into(x, w, *bias, out);
+    }
+    let results: Vec<Result<()>> = {
+        let mut results: Vec<Result<()>> = (0..jobs.len()).map(|_| Ok(())).collect();
+        rayon::scope(|s| {
+            for ((x, w, bias, out), result) in jobs.into_iter().zip(&mut results) {
+                s.spawn(move |_| *result = linear_into(x, w, bias, out));
+            }
+        });
+        results
+    };
+    results.into_iter().collect()
 }
 
 /// An operand's values along one row: a row of them, or one value for the whole row.
@@ -380,7 +438,9 @@ fn run_kernel(kernel: &Kernel, sources: &[&[f32]], dsts: &mut [(usize, &mut [f32
             let row_of = |o| operand_row(o, before, &spans, sources, index, shape);
             match step.op {
                 Op::Constant(c) => out.fill(c),
-                Op::Input(_) => unreachable!("inputs are read, never fused"),
+                Op::Input(_) | Op::Product { .. } => {
+                    unreachable!("inputs are read, products have kernels of their own")
+                }
                 Op::Unary(op, _) => unary_row(op, row_of(&step.sources[0]), out),
                 Op::Binary(op, _, _) => {
                     binary_row(op, row_of(&step.sources[0]), row_of(&step.sources[1]), out)

@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod fused;
 pub mod grouped;
 pub mod kv_rows;
+pub mod linear;
 pub mod quant;
 pub mod quantize;
 pub mod sampling;

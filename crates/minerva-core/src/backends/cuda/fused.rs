@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys};
 
+use super::ops::{linear_set_into, LinearPtrs};
 use super::{compile, CudaDevice};
 use crate::graph::{Binary, Kernel, Op, Plan, Reduce, Unary};
 use crate::{Array, DType, Error, Result};
@@ -87,7 +88,7 @@ impl Gen<'_> {
         let node = &self.plan.nodes[i];
         let dims = node.dims();
         let e = match node.op {
-            Op::Constant(_) => return String::new(),
+            Op::Constant(c) => float(c),
             Op::Unary(op, x) => {
                 let a = self.operand(x.0, &dims, "j");
                 match op {
@@ -113,7 +114,7 @@ impl Gen<'_> {
                     Binary::Min => format!("fminf({a}, {b})"),
                 }
             }
-            Op::Input(_) | Op::Reduce(..) => unreachable!("not elementwise"),
+            Op::Input(_) | Op::Reduce(..) | Op::Product { .. } => unreachable!("not elementwise"),
         };
         format!("const float n{i} = {e};\n")
     }
@@ -298,14 +299,17 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
 fn plan_source(plan: &Plan) -> String {
     let mut src = String::from(PRELUDE);
     for k in 0..plan.kernels.len() {
-        kernel_source(plan, k, &mut src);
+        if !plan.kernels[k].products {
+            kernel_source(plan, k, &mut src);
+        }
     }
     src
 }
 
-/// A plan's kernels, loaded.
+/// A plan's generated kernels, loaded (`None` for its kernels of products, which run on
+/// the product kernels).
 struct Module {
-    functions: Vec<sys::CUfunction>,
+    functions: Vec<Option<sys::CUfunction>>,
 }
 
 // SAFETY: function handles are driver objects usable from any thread once their context is
@@ -336,6 +340,10 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
     if let Some(m) = modules().lock().expect("modules").by_plan.get(&plan_key) {
         return Ok(Arc::clone(m));
     }
+    if plan.kernels.iter().all(|k| k.products) {
+        let functions = vec![None; plan.kernels.len()];
+        return Ok(Arc::new(Module { functions }));
+    }
     let key = (dev.ordinal, plan_source(plan));
     let known = modules()
         .lock()
@@ -346,7 +354,7 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
     let m = match known {
         Some(m) => m,
         None => {
-            let m = load(dev, &key.1, plan.kernels.len())?;
+            let m = load(dev, &key.1, plan)?;
             modules()
                 .lock()
                 .expect("modules")
@@ -363,8 +371,8 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
     Ok(m)
 }
 
-/// Compiles `source` and loads its `kernels` functions `fused_0..`.
-fn load(dev: &CudaDevice, source: &str, kernels: usize) -> Result<Arc<Module>> {
+/// Compiles `source` and loads the functions `fused_{k}` of `plan`'s generated kernels.
+fn load(dev: &CudaDevice, source: &str, plan: &Plan) -> Result<Arc<Module>> {
     let arch = dev.arch;
     let options = [
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
@@ -378,11 +386,15 @@ fn load(dev: &CudaDevice, source: &str, kernels: usize) -> Result<Arc<Module>> {
     // current (bound above). The module stays loaded for the life of the process.
     let loaded = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
         .map_err(|e| dev.err("loading a graph's kernels", e))?;
-    let functions = (0..kernels)
+    let functions = (0..plan.kernels.len())
         .map(|k| {
+            if plan.kernels[k].products {
+                return Ok(None);
+            }
             let name = std::ffi::CString::new(format!("fused_{k}")).expect("no NUL");
             // SAFETY: the module was just loaded in this device's context.
             unsafe { cu::module::get_function(loaded, name) }
+                .map(Some)
                 .map_err(|e| dev.err("a graph kernel", e))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -395,12 +407,14 @@ pub(crate) fn run_plan(
     plan: &Plan,
     inputs: &[&Array],
 ) -> Result<Vec<Array>> {
-    for node in &plan.nodes {
+    let weights = plan.weights();
+    for (i, node) in plan.nodes.iter().enumerate() {
         if let Op::Input(k) = node.op {
             let a = inputs
                 .get(k)
                 .ok_or_else(|| Error::Shape(format!("graph input {k} not given")))?;
-            if a.dtype() != DType::F32 || a.numel() != node.numel() {
+            let f32_values = a.dtype() == DType::F32 && a.quant().is_none();
+            if !weights.contains(&i) && (!f32_values || a.numel() != node.numel()) {
                 return Err(Error::Shape(format!(
                     "graph input {k}: {} {:?} for f32 {:?}",
                     a.dtype(),
@@ -443,6 +457,10 @@ pub(crate) fn run_plan(
     };
     dev.bind()?;
     for (k, kernel) in plan.kernels.iter().enumerate() {
+        if kernel.products {
+            run_products(dev, plan, kernel, inputs, &address)?;
+            continue;
+        }
         let (rows, width) = (kernel.rows(), kernel.width);
         if rows * width == 0 {
             continue;
@@ -475,7 +493,7 @@ pub(crate) fn run_plan(
             // only after the queued kernels, as every pooled buffer does).
             unsafe {
                 cu::launch_kernel(
-                    module.functions[k],
+                    module.functions[k].expect("generated for a pass"),
                     (blocks as u32, 1, 1),
                     (threads as u32, 1, 1),
                     0,
@@ -487,6 +505,38 @@ pub(crate) fn run_plan(
         })?;
     }
     Ok(outputs)
+}
+
+/// A kernel of products of one input, each on the product kernels of its weight's format.
+fn run_products(
+    dev: &Arc<CudaDevice>,
+    plan: &Plan,
+    kernel: &Kernel,
+    inputs: &[&Array],
+    address: &dyn Fn(usize) -> Result<u64>,
+) -> Result<()> {
+    let products = kernel
+        .steps
+        .iter()
+        .map(|step| {
+            let Op::Product { x, w, bias } = step.op else {
+                unreachable!("a product kernel holds products")
+            };
+            let Op::Input(k) = plan.nodes[w.index()].op else {
+                unreachable!("weights are inputs (ops::linear computes them first)")
+            };
+            let x_node = &plan.nodes[x.index()];
+            let k_len = *x_node.dims().last().expect("dims are never empty");
+            Ok(LinearPtrs {
+                x: address(x.index())?,
+                tokens: x_node.numel() / k_len.max(1),
+                w: inputs[k],
+                bias: bias.map_or(Ok(0), |b| address(b.index()))?,
+                y: address(step.node)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    linear_set_into(dev, &products)
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ struct WeightArg {
 struct FormatKernels {
     linear1: &'static str,
     linear8: &'static str,
+    /// `linear1` and `linear8` for up to three products of one input in one launch.
+    linear_set1: &'static str,
+    linear_set8: &'static str,
     embed: &'static str,
     /// Decodes rows to f16 for tensor-core products.
     dequant: &'static str,
@@ -83,6 +86,8 @@ macro_rules! format_kernels {
         FormatKernels {
             linear1: concat!("linear_", $f, "_1"),
             linear8: concat!("linear_", $f, "_8"),
+            linear_set1: concat!("linear_set_", $f, "_1"),
+            linear_set8: concat!("linear_set_", $f, "_8"),
             embed: concat!("embed_", $f),
             dequant: concat!("dequant_f16_", $f),
             matvec: None,
@@ -178,33 +183,102 @@ fn weight_arg(w: &Array) -> Result<(WeightArg, FormatKernels)> {
 }
 
 /// `x @ wᵀ + bias` for `x` `[tokens, k]` f32 and `w` `[n, k]`.
-pub(crate) fn linear(
-    x: &Array,
-    w: &Array,
-    bias: Option<&Array>,
-    out_shape: &[usize],
-) -> Result<Array> {
-    let dev = device_of(x)?;
-    let (n, k) = (w.dim(0), w.dim(1));
-    let tokens = x.numel() / k;
-    let out = Array::empty_cuda(&dev, DType::F32, out_shape)?;
-    if gemm::linear(&dev, x, w, bias, &out)? {
-        return Ok(out);
+/// A product's operands as device addresses (a compiled graph's buffers): `tokens` rows of
+/// f32 `x` times `w` (`[n, k]`, any weight dtype), plus the `n` f32 values at `bias` when
+/// it is not 0, into `y`.
+pub(crate) struct LinearPtrs<'a> {
+    pub x: u64,
+    pub tokens: usize,
+    pub w: &'a Array,
+    pub bias: u64,
+    pub y: u64,
+}
+
+/// The kernel side of `struct LinearSet` in `linear.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct LinearSetArg {
+    w: [WeightArg; 3],
+    bias: [u64; 3],
+    y: [u64; 3],
+    n: [i32; 3],
+    first: [i32; 4],
+    pad: i32,
+}
+
+/// Queues the products of one input `ps` (same `x` and tokens): in one launch where they are
+/// two or three of one format that all take the warp-per-row kernels (the GGUF and dense
+/// formats at decode; each block computes what it would alone, so the bits are the same),
+/// else one after another.
+pub(crate) fn linear_set_into(dev: &Arc<CudaDevice>, ps: &[LinearPtrs<'_>]) -> Result<()> {
+    let shared = match ps {
+        [first, _, ..] if ps.len() <= 3 => {
+            let dtype = first.w.dtype();
+            let mut args = Vec::with_capacity(ps.len());
+            for p in ps {
+                let (arg, kernels) = weight_arg(p.w)?;
+                let warp_rows = p.w.dtype() == dtype && warp_rows_only(dev, p, &kernels);
+                args.push((arg, kernels, warp_rows));
+            }
+            args.iter().all(|a| a.2).then_some(args)
+        }
+        _ => None,
+    };
+    let Some(args) = shared else {
+        return ps.iter().try_for_each(|p| linear_into(dev, p));
+    };
+    let mut set = LinearSetArg::zeroed();
+    let mut blocks = 0;
+    for (i, (p, (arg, _, _))) in ps.iter().zip(&args).enumerate() {
+        let n = p.w.dim(0);
+        set.w[i] = *arg;
+        (set.bias[i], set.y[i], set.n[i], set.first[i]) = (p.bias, p.y, n as i32, blocks);
+        blocks += n.div_ceil(ROWS_PER_BLOCK as usize) as i32;
     }
-    let (w, kernels) = weight_arg(w)?;
+    set.first[ps.len()..].fill(blocks);
+    let (tokens, kernels) = (ps[0].tokens, &args[0].1);
+    let (name, grid_y) = match tokens {
+        1 => (kernels.linear_set1, 1),
+        _ => (kernels.linear_set8, tokens.div_ceil(TOKEN_TILE)),
+    };
+    dev.launch(
+        name,
+        (blocks as u32, grid_y as u32, 1),
+        32 * ROWS_PER_BLOCK,
+        &[&set, &ps[0].x, &(tokens as i32)],
+    )
+}
+
+/// Whether `product` queues `p` on the warp-per-row kernels.
+fn warp_rows_only(dev: &CudaDevice, p: &LinearPtrs<'_>, kernels: &FormatKernels) -> bool {
+    let (n, k) = (p.w.dim(0), p.w.dim(1));
+    let streaming = match p.tokens {
+        1 => kernels.matvec.is_some(),
+        _ => kernels.tokens.is_some(),
+    };
+    !gemm::worth_it(dev, p.tokens, n, k)
+        && (kernels.tensor.is_none() || n < TENSOR_MIN_ROWS)
+        && !streaming
+}
+
+/// Queues `y = x wᵀ + bias` (see [`LinearPtrs`]).
+pub(crate) fn linear_into(dev: &Arc<CudaDevice>, p: &LinearPtrs<'_>) -> Result<()> {
+    if gemm::linear(dev, p)? {
+        return Ok(());
+    }
+    let (w, kernels) = weight_arg(p.w)?;
     let args = ProductArgs {
         w,
-        x: x.device_ptr()?,
-        bias: ptr_or_null(bias)?,
-        y: out.device_ptr()?,
-        n,
-        tokens,
+        x: p.x,
+        bias: p.bias,
+        y: p.y,
+        n: p.w.dim(0),
+        tokens: p.tokens,
         ids: 0,
         slots: 1,
         x_per_slot: false,
     };
-    product(&dev, &kernels, &args)?;
-    Ok(out)
+    product(dev, &kernels, &args)
 }
 
 /// One weight product as the `linear_*` and `matvec_*` kernels take it: `tokens` rows of `x`
@@ -442,14 +516,13 @@ fn map_kernel(
     Ok(out)
 }
 
-/// Adds `bias` (one row) to each row of the `n` f32 values at `y`, in place.
-fn add_rows(dev: &CudaDevice, y: u64, bias: &Array, n: usize) -> Result<()> {
-    let m = bias.numel().max(1) as i64;
+/// Adds the `m` f32 values at `bias` (one row) to each row of the `n` at `y`, in place.
+fn add_rows(dev: &CudaDevice, y: u64, bias: u64, m: usize, n: usize) -> Result<()> {
     dev.launch(
         "binary_bcast",
         grid_for(n),
         THREADS,
-        &[&y, &bias.device_ptr()?, &y, &(n as i64), &m, &0i32],
+        &[&y, &bias, &y, &(n as i64), &(m as i64), &0i32],
     )
 }
 

@@ -178,14 +178,16 @@ __device__ __forceinline__ float dot_chunk(const float* v, const float* x, int v
 
 // y[t, r] = x[t] . w[r] + bias[r] for NT tokens per block (grid.y tiles the tokens), or,
 // with `ids` set, the gathered form: block y is a (token, slot) pair whose weight is the
-// stacked matrix ids[pair], with the input row per pair (x_per_slot) or per token.
+// stacked matrix ids[pair], with the input row per pair (x_per_slot) or per token. `bx` is
+// the block's place along the rows (blockIdx.x, less the blocks of products before it when
+// several share a launch).
 template <class F, int NT>
 __device__ __forceinline__ void linear_body(const Weight& w, const float* __restrict__ x,
                                             const float* __restrict__ bias, float* __restrict__ y,
                                             int n, int tokens, const int* __restrict__ ids,
-                                            int slots, int x_per_slot) {
+                                            int slots, int x_per_slot, int bx) {
     const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int r = bx * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= n) return;
     const int k = w.k;
     const u8* row = w.codes + (i64)r * w.row_bytes;
@@ -306,16 +308,43 @@ __device__ __forceinline__ void dequant8_body(const Weight& w, i64 expert0, int 
     }
 
 
+// Up to three products of one input in one launch (a layer's q, k and v): blocks
+// first[i]..first[i + 1] compute product i exactly as its own launch would. Unused slots
+// have no blocks.
+struct LinearSet {
+    Weight w[3];
+    const float* bias[3];
+    float* y[3];
+    int n[3];
+    int first[4];
+    int pad;
+};
+
+template <class F, int NT>
+__device__ __forceinline__ void linear_set_body(const LinearSet& s, const float* __restrict__ x,
+                                                int tokens) {
+    const int bx = blockIdx.x;
+    const int i = (bx >= s.first[1]) + (bx >= s.first[2]);
+    linear_body<F, NT>(s.w[i], x, s.bias[i], s.y[i], s.n[i], tokens, nullptr, 1, 0,
+                       bx - s.first[i]);
+}
+
 #define WEIGHT_KERNELS(NAME, F)                                                                  \
     extern "C" __global__ void linear_##NAME##_1(Weight w, const float* x, const float* bias,  \
                                                  float* y, int n, int tokens, const int* ids,  \
                                                  int slots, int x_per_slot) {                  \
-        linear_body<F, 1>(w, x, bias, y, n, tokens, ids, slots, x_per_slot);                  \
+        linear_body<F, 1>(w, x, bias, y, n, tokens, ids, slots, x_per_slot, blockIdx.x);      \
     }                                                                                          \
     extern "C" __global__ void linear_##NAME##_8(Weight w, const float* x, const float* bias,  \
                                                  float* y, int n, int tokens, const int* ids,  \
                                                  int slots, int x_per_slot) {                  \
-        linear_body<F, 8>(w, x, bias, y, n, tokens, ids, slots, x_per_slot);                  \
+        linear_body<F, 8>(w, x, bias, y, n, tokens, ids, slots, x_per_slot, blockIdx.x);      \
+    }                                                                                          \
+    extern "C" __global__ void linear_set_##NAME##_1(LinearSet s, const float* x, int tokens) { \
+        linear_set_body<F, 1>(s, x, tokens);                                                   \
+    }                                                                                          \
+    extern "C" __global__ void linear_set_##NAME##_8(LinearSet s, const float* x, int tokens) { \
+        linear_set_body<F, 8>(s, x, tokens);                                                   \
     }                                                                                          \
     extern "C" __global__ void embed_##NAME(Weight w, const int* ids, float* out, int vocab) { \
         embed_body<F>(w, ids, out, vocab);                                                     \

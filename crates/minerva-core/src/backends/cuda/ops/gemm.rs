@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::super::blas::HalfGemm;
 use super::super::DeviceBuffer;
-use super::{grid_for, weight_arg, CudaDevice, WeightArg, THREADS};
-use crate::{Array, DType, Result};
+use super::{grid_for, weight_arg, CudaDevice, LinearPtrs, WeightArg, THREADS};
+use crate::{DType, Result};
 
 /// Tokens from which a product goes to tensor cores: decoding the weight to f16 costs about
 /// two more passes over it, which a pass of the streaming kernels per 8 tokens (and their
@@ -95,19 +95,13 @@ pub(super) fn half_weight(
 
 /// `out = x wᵀ + bias` on tensor cores where that pays (see the module); `Ok(false)` leaves
 /// it to the caller.
-pub(super) fn linear(
-    dev: &Arc<CudaDevice>,
-    x: &Array,
-    w: &Array,
-    bias: Option<&Array>,
-    out: &Array,
-) -> Result<bool> {
+pub(super) fn linear(dev: &Arc<CudaDevice>, p: &LinearPtrs<'_>) -> Result<bool> {
+    let (w, tokens) = (p.w, p.tokens);
     let (n, k) = (w.dim(0), w.dim(1));
-    let tokens = x.numel() / k;
     if !worth_it(dev, tokens, n, k) {
         return Ok(false);
     }
-    let xh = half_rows(dev, x.device_ptr()?, 0, 1, tokens, k)?;
+    let xh = half_rows(dev, p.x, 0, 1, tokens, k)?;
     // f16 weights are used as they are; everything else is decoded first.
     let decoded;
     let wh = if w.dtype() == DType::F16 && w.quant().is_none() {
@@ -123,7 +117,7 @@ pub(super) fn linear(
         half_weight(dev, (&arg, kernels.dequant), 0, (n, 1, 0), &to)?;
         decoded.ptr()
     };
-    let y = out.device_ptr()?;
+    let y = p.y;
     dev.half_gemm(&HalfGemm {
         m: tokens,
         n,
@@ -132,8 +126,8 @@ pub(super) fn linear(
         w: wh,
         y,
     })?;
-    if let Some(bias) = bias {
-        super::add_rows(dev, y, bias, tokens * n)?;
+    if p.bias != 0 {
+        super::add_rows(dev, y, p.bias, n, tokens * n)?;
     }
     Ok(true)
 }
