@@ -186,3 +186,34 @@ fn products_of_one_input_run_together_and_give_the_eager_bits() {
     // A weight that does not fit fails where it is called.
     lazily(|| assert!(ops::linear(&x, &dense(8, 1).reshape(&[4, 128]).unwrap(), None).is_err()));
 }
+
+/// Products of a plan run on the thread pool, whose threads take up other work while they
+/// wait: here other threads' lazy passes (each run inside the pool, as the engine runs a
+/// forward pass), which then record on the same thread, into the next generation of the
+/// graph being evaluated (so its evaluation must not hold the graph's lock).
+#[test]
+fn lazy_passes_on_the_threads_a_plan_runs_on_go_on() {
+    let k = 1024;
+    let w = |seed: u32| Array::from_f32(&values(1024 * k, seed), &[1024, k]).unwrap();
+    let (gate, up) = (w(12), w(13));
+    let pass = |i: u32| {
+        let x = Array::from_f32(&values(k, 20 + i), &[1, k]).unwrap();
+        let gated = ops::swiglu(
+            &ops::linear(&x, &gate, None).unwrap(),
+            &ops::linear(&x, &up, None).unwrap(),
+        )
+        .unwrap();
+        gated.to_f32_vec().unwrap()
+    };
+    let eager: Vec<Vec<f32>> = (0..4).map(pass).collect();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for (i, want) in eager.iter().enumerate() {
+                    let got = rayon::scope(|_| lazily(|| pass(i as u32)));
+                    assert_eq!(&got, want);
+                }
+            });
+        }
+    });
+}

@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 use super::{compile, run, Graph, Node, NodeId, Op, Plan};
 use crate::{Array, DType, Device, Error, Result};
 
-/// A value recorded and not yet computed: its node, and once computed, its array.
+/// A value recorded and not yet computed: its node in a generation of its recording's
+/// graph, and once computed, its array (or why it could not be).
 pub(crate) struct Pending {
     recording: Arc<Mutex<Recording>>,
     node: NodeId,
+    generation: u64,
     device: Device,
-    value: OnceLock<Array>,
+    value: OnceLock<std::result::Result<Array, String>>,
 }
 
 impl Pending {
@@ -32,15 +34,24 @@ impl Pending {
         self.device
     }
 
-    /// The computed value; computes every value its recording still owes first if needed.
+    /// The computed value; computes every value its recording still owes first if needed,
+    /// or waits for the evaluation that took it (on another thread) to finish.
     pub(crate) fn value(&self) -> Result<&Array> {
-        if let Some(v) = self.value.get() {
-            return Ok(v);
+        if self.value.get().is_none() {
+            evaluate(&self.recording)?;
         }
-        evaluate(&self.recording)?;
         self.value
-            .get()
-            .ok_or_else(|| Error::Unsupported("a recorded value was not computed".into()))
+            .wait()
+            .as_ref()
+            .map_err(|why| Error::Device(format!("a recorded value failed: {why}")))
+    }
+
+    /// Whether it still stands for a node of `r`'s graph (recorded there, not taken by an
+    /// evaluation yet).
+    fn recorded_in(&self, r: &Recording, this: &Arc<Mutex<Recording>>) -> bool {
+        Arc::ptr_eq(&self.recording, this)
+            && self.generation == r.generation
+            && self.value.get().is_none()
     }
 }
 
@@ -52,6 +63,9 @@ struct Recording {
     inputs: Vec<(Array, NodeId)>,
     /// Values handed out and not computed yet.
     pending: Vec<(NodeId, Weak<Pending>)>,
+    /// Evaluations that took the graph so far: a pending value of an earlier generation is
+    /// being (or was) computed, not a node of `graph`.
+    generation: u64,
 }
 
 impl Recording {
@@ -61,24 +75,25 @@ impl Recording {
             graph: Graph::new(),
             inputs: Vec::new(),
             pending: Vec::new(),
+            generation: 0,
         }))
     }
 
     /// The node that stands for `a` in this recording: its own node while it is a value
-    /// recorded here and not computed, else an input (one per distinct array).
-    fn node_of(&mut self, this: &Arc<Mutex<Recording>>, a: &Array) -> Result<NodeId> {
-        if let Some(p) = a.pending() {
-            if Arc::ptr_eq(&p.recording, this) && p.value.get().is_none() {
-                return Ok(p.node);
-            }
-        }
-        let a = a.ready()?;
+    /// recorded here and not taken by an evaluation, else an input (one per distinct
+    /// array); `None` for a value still to compute elsewhere (read it without the lock).
+    fn node_of(&mut self, this: &Arc<Mutex<Recording>>, a: &Array) -> Option<NodeId> {
+        let a = match a.pending() {
+            Some(p) if p.recorded_in(self, this) => return Some(p.node),
+            Some(p) => p.value.get()?.as_ref().ok()?,
+            None => a,
+        };
         if let Some((_, id)) = self.inputs.iter().find(|(b, _)| b.same_view(a)) {
-            return Ok(*id);
+            return Some(*id);
         }
         let id = self.graph.input(a.shape());
         self.inputs.push((a.clone(), id));
-        Ok(id)
+        Some(id)
     }
 }
 
@@ -195,28 +210,42 @@ pub(crate) fn record_weighted(
     } else {
         Recording::new(device)
     };
-    let outputs: Vec<Array> = {
+    let (mut r, ids) = loop {
         let mut r = recording.lock().expect("recording");
-        let ids = inputs
+        let ids: Option<Vec<NodeId>> = inputs
             .iter()
             .chain(weights)
             .map(|a| r.node_of(&recording, a))
-            .collect::<Result<Vec<_>>>()?;
-        // A failed build leaves only dead nodes behind.
-        let outs = build(&mut r.graph, &ids)?;
-        outs.into_iter()
-            .map(|id| {
-                let pending = Arc::new(Pending {
-                    recording: Arc::clone(&recording),
-                    node: id,
-                    device,
-                    value: OnceLock::new(),
-                });
-                r.pending.push((id, Arc::downgrade(&pending)));
-                Array::from_pending(pending, r.graph.shape(id))
-            })
-            .collect()
+            .collect();
+        match ids {
+            Some(ids) => break (r, ids),
+            None => {
+                // A value computed elsewhere (another recording, or an evaluation in
+                // flight): wait for it without this lock, then try again.
+                drop(r);
+                for a in inputs.iter().chain(weights) {
+                    a.ready()?;
+                }
+            }
+        }
     };
+    // A failed build leaves only dead nodes behind.
+    let outs = build(&mut r.graph, &ids)?;
+    let outputs: Vec<Array> = outs
+        .into_iter()
+        .map(|id| {
+            let pending = Arc::new(Pending {
+                recording: Arc::clone(&recording),
+                node: id,
+                generation: r.generation,
+                device,
+                value: OnceLock::new(),
+            });
+            r.pending.push((id, Arc::downgrade(&pending)));
+            Array::from_pending(pending, r.graph.shape(id))
+        })
+        .collect();
+    drop(r);
     if lazy {
         return Ok(outputs);
     }
@@ -224,36 +253,51 @@ pub(crate) fn record_weighted(
     outputs.iter().map(|a| a.ready().cloned()).collect()
 }
 
-/// Computes every value of `recording` still referenced and not computed, then starts its
-/// graph afresh.
+/// Computes every value of `recording` still referenced and not computed. The graph is
+/// taken out under the lock and run without it: the threads a plan's products run on may
+/// pick up other work that records meanwhile (into the graph's next generation).
 fn evaluate(recording: &Arc<Mutex<Recording>>) -> Result<()> {
-    let mut r = recording.lock().expect("recording");
-    let live: Vec<(NodeId, Arc<Pending>)> = r
-        .pending
-        .iter()
-        .filter_map(|(id, w)| w.upgrade().map(|p| (*id, p)))
-        .filter(|(_, p)| p.value.get().is_none())
-        .collect();
-    if !live.is_empty() {
-        let outputs: Vec<NodeId> = live.iter().map(|(id, _)| *id).collect();
-        let plan = cached_plan(&r.graph, &outputs);
-        TRACE.with(|t| {
-            if let Some(plans) = t.borrow_mut().as_mut() {
-                plans.push(Arc::clone(&plan));
+    let (graph, inputs, live) = {
+        let mut r = recording.lock().expect("recording");
+        let live: Vec<(NodeId, Arc<Pending>)> = r
+            .pending
+            .iter()
+            .filter_map(|(id, w)| w.upgrade().map(|p| (*id, p)))
+            .filter(|(_, p)| p.value.get().is_none())
+            .collect();
+        r.pending.clear();
+        r.generation += 1;
+        let graph = std::mem::take(&mut r.graph);
+        let inputs: Vec<Array> = r.inputs.drain(..).map(|(a, _)| a).collect();
+        (graph, inputs, live)
+    };
+    if live.is_empty() {
+        return Ok(());
+    }
+    let outputs: Vec<NodeId> = live.iter().map(|(id, _)| *id).collect();
+    let plan = cached_plan(&graph, &outputs);
+    TRACE.with(|t| {
+        if let Some(plans) = t.borrow_mut().as_mut() {
+            plans.push(Arc::clone(&plan));
+        }
+    });
+    let inputs: Vec<&Array> = inputs.iter().collect();
+    match run(&plan, &inputs) {
+        Ok(values) => {
+            for ((_, p), v) in live.iter().zip(values) {
+                // Only this evaluation sets values of this generation.
+                let _ = p.value.set(Ok(v));
             }
-        });
-        let inputs: Vec<&Array> = r.inputs.iter().map(|(a, _)| a).collect();
-        let values = run(&plan, &inputs)?;
-        for ((_, p), v) in live.iter().zip(values) {
-            // Only this evaluation sets values of this recording (under its lock).
-            let _ = p.value.set(v);
+            Ok(())
+        }
+        Err(e) => {
+            // Whoever waits for these values learns why there are none.
+            for (_, p) in &live {
+                let _ = p.value.set(Err(e.to_string()));
+            }
+            Err(e)
         }
     }
-    // Start over, keeping the vectors' room for the next evaluation.
-    r.graph.clear();
-    r.inputs.clear();
-    r.pending.clear();
-    Ok(())
 }
 
 /// A recorded graph and its outputs, as the plan cache knows them.

@@ -164,12 +164,6 @@ impl Graph {
         &self.nodes[id.0].shape
     }
 
-    /// Forgets every node (keeping the memory for new ones).
-    pub(crate) fn clear(&mut self) {
-        self.nodes.clear();
-        self.inputs = 0;
-    }
-
     /// Inputs recorded so far.
     pub fn inputs(&self) -> usize {
         self.inputs
