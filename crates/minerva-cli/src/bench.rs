@@ -280,11 +280,16 @@ fn dump_graph(
     println!(
         "graph ({}): one decode step evaluates {} plans, {recorded} recorded ops in {passes} \
          passes, at most {peak} bytes between passes; compiling its {} new plans took \
-         {:.2} ms; plans in {}",
+         {:.2} ms, building {} new GPU kernel modules {:.1} ms ({} modules in {:.1} ms since \
+         the start: the prompt's plans build the modules decode steps share); plans in {}",
         if graph::lazy_enabled() { "on" } else { "off" },
         plans.len(),
         after.plans - before.plans,
         (after.compile_time - before.compile_time).as_secs_f64() * 1e3,
+        after.kernel_modules - before.kernel_modules,
+        (after.kernel_build_time - before.kernel_build_time).as_secs_f64() * 1e3,
+        after.kernel_modules,
+        after.kernel_build_time.as_secs_f64() * 1e3,
         file.display()
     );
     Ok(())

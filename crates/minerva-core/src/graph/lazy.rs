@@ -398,15 +398,22 @@ pub struct LazyStats {
     pub plans: usize,
     /// Evaluations answered by a compiled plan.
     pub hits: u64,
-    /// Time spent compiling them all.
+    /// Time spent compiling them all (the graph compile: kernels, steps, memory).
     pub compile_time: Duration,
+    /// Modules of generated GPU kernels built so far (one per distinct source), and the
+    /// time NVRTC and the driver took to compile and load them.
+    pub kernel_modules: usize,
+    pub kernel_build_time: Duration,
 }
 
 pub fn stats() -> LazyStats {
+    let (kernel_modules, kernel_build_time) = crate::backends::cuda::fused::generated();
     let cache = plans().lock().expect("plans");
     LazyStats {
         plans: cache.count,
         hits: cache.hits,
         compile_time: cache.compile_time,
+        kernel_modules,
+        kernel_build_time,
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cudarc::driver::{result as cu, sys};
 
@@ -371,8 +372,17 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
     Ok(m)
 }
 
+/// Modules generated so far, and the time NVRTC and the driver took to compile and load them.
+static GENERATED: Mutex<(usize, Duration)> = Mutex::new((0, Duration::ZERO));
+
+/// See [`GENERATED`].
+pub(crate) fn generated() -> (usize, Duration) {
+    *GENERATED.lock().expect("generated")
+}
+
 /// Compiles `source` and loads the functions `fused_{k}` of `plan`'s generated kernels.
 fn load(dev: &CudaDevice, source: &str, plan: &Plan) -> Result<Arc<Module>> {
+    let start = Instant::now();
     let arch = dev.arch;
     let options = [
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
@@ -398,6 +408,9 @@ fn load(dev: &CudaDevice, source: &str, plan: &Plan) -> Result<Arc<Module>> {
                 .map_err(|e| dev.err("a graph kernel", e))
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut generated = GENERATED.lock().expect("generated");
+    generated.0 += 1;
+    generated.1 += start.elapsed();
     Ok(Arc::new(Module { functions }))
 }
 
