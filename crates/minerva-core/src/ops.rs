@@ -8,7 +8,7 @@
 
 use half::{bf16, f16};
 
-use crate::backends::cpu::linear::halves;
+use crate::backends::cpu::linear::{halves, multiplies};
 use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
 use crate::backends::cuda::ops as gpu;
 use crate::graph::{lazy, Binary, Graph, NodeId, Reduce, Unary};
@@ -49,42 +49,16 @@ fn expect_f32(op: &str, a: &Array) -> Result<()> {
 /// `x @ wᵀ (+ bias)`: `x` is `[.., k]` f32, `w` is `[n, k]` in any weight dtype (dense or
 /// block-quantized, read in place), `bias` is `[n]`. Returns `[.., n]` f32.
 pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
-    let [n, k] = *w.shape() else {
-        return shape_err(format!("linear weight must be 2-D, got {:?}", w.shape()));
-    };
-    if x.dim(-1) != k {
-        return shape_err(format!(
-            "linear: input {:?} does not match weight {:?}",
-            x.shape(),
-            w.shape()
-        ));
-    }
-    let mut out_shape = x.shape().to_vec();
-    *out_shape.last_mut().expect("x has a last axis") = n;
-    if let Some(b) = bias {
-        if b.shape() != [n] {
-            return shape_err(format!("linear: bias {:?} for {n} outputs", b.shape()));
-        }
-    }
     let mut args = vec![x, w];
     args.extend(bias);
     on_gpu("linear", &args)?;
-    if !matches!(
-        w.dtype(),
-        DType::F32
-            | DType::F16
-            | DType::BF16
-            | DType::Q4_0
-            | DType::Q4_1
-            | DType::Q8_0
-            | DType::Affine { .. }
-            | DType::Mxfp4
-    ) {
+    if !multiplies(w.dtype()) {
         return Err(Error::Unsupported(format!(
             "linear with {} weights",
             w.dtype()
         )));
     }
+    // Shapes are checked as the product is recorded (`Graph::product`).
     // A weight still to be computed is computed now: products read weights in place.
     let w = w.ready()?;
     let mut inputs = vec![x];

@@ -175,7 +175,7 @@ fn domain(nodes: &[Node], i: usize) -> (Vec<usize>, usize) {
 fn fits(k: &Kernel, nodes: &[Node], i: usize, lead: &[usize], width: usize) -> bool {
     if let Op::Product { x, .. } = nodes[i].op {
         // Products of one input share a kernel.
-        let first_x = k.steps.first().map(|s| s.op.inputs()[0]);
+        let first_x = k.nodes.first().map(|&n| nodes[n].op.inputs()[0]);
         return k.products && first_x == Some(x);
     }
     if lead != k.lead || k.products {
@@ -221,16 +221,6 @@ fn group(nodes: &[Node], outputs: &[usize]) -> Vec<Kernel> {
         let k = &mut kernels[index];
         k.width = k.width.max(width);
         k.reduces |= matches!(node.op, Op::Reduce(..));
-        if k.products {
-            // `fits` finds a product kernel's input in its first step.
-            k.steps.push(Step {
-                node: i,
-                op: node.op,
-                dims: Vec::new(),
-                len: 0,
-                sources: Vec::new(),
-            });
-        }
         for input in node.op.inputs() {
             let j = input.0;
             if matches!(nodes[j].op, Op::Constant(_)) {

@@ -1,11 +1,11 @@
 //! Lazy arrays: inside [`lazily`], elementwise ops, row reductions and products on f32
 //! arrays ([`crate::ops`]) record nodes into this thread's graph and return arrays whose
 //! values are not computed yet. The first read of any of them (attention, RoPE, a reshape,
-//! a copy to the host) compiles the graph, with the values still referenced as its outputs (those
-//! dropped unread are never computed), and runs it: a norm after a residual add, or a
-//! gated activation, becomes one pass however the model wrote it, and the products of one
-//! input (q, k and v) one kernel. Plans are cached by the
-//! graph's structure and shapes, so each step of a decode loop compiles nothing.
+//! a copy to the host) compiles the graph, with the values still referenced as its outputs
+//! (those dropped unread are never computed), and runs it: a norm after a residual add, or
+//! a gated activation, becomes one pass however the model wrote it, and the products of
+//! one input (q, k and v) one kernel. Plans are cached by the graph's structure and
+//! shapes, so each step of a decode loop compiles nothing.
 //!
 //! Outside [`lazily`] (or with [`set_enabled`]`(false)`), each op is compiled and run on
 //! its own as it is called: the eager path, one pass per op.

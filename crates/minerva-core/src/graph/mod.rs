@@ -219,10 +219,14 @@ impl Graph {
                 "product of {xs:?} and a weight {ws:?}: need [.., k] and [n, k]"
             )));
         };
-        if xk != k || bias.is_some_and(|b| self.shape(b) != [n]) {
+        if xk != k {
             return Err(Error::Shape(format!(
-                "product of {xs:?} and a weight {ws:?} (bias {:?})",
-                bias.map(|b| self.shape(b))
+                "product of {xs:?} and a weight {ws:?}: the input's last axis is not the weight's"
+            )));
+        }
+        if let Some(b) = bias.map(|b| self.shape(b)).filter(|b| *b != [n]) {
+            return Err(Error::Shape(format!(
+                "product with a weight {ws:?}: bias {b:?} for {n} outputs"
             )));
         }
         let mut shape = xs.to_vec();

@@ -298,15 +298,12 @@ fn run_products(
     if let [(x, w, bias, out)] = &mut jobs[..] {
         return linear_into(x, w, *bias, out);
     }
-    let results: Vec<Result<()>> = {
-        let mut results: Vec<Result<()>> = (0..jobs.len()).map(|_| Ok(())).collect();
-        rayon::scope(|s| {
-            for ((x, w, bias, out), result) in jobs.into_iter().zip(&mut results) {
-                s.spawn(move |_| *result = linear_into(x, w, bias, out));
-            }
-        });
-        results
-    };
+    let mut results: Vec<Result<()>> = (0..jobs.len()).map(|_| Ok(())).collect();
+    rayon::scope(|s| {
+        for ((x, w, bias, out), result) in jobs.into_iter().zip(&mut results) {
+            s.spawn(move |_| *result = linear_into(x, w, bias, out));
+        }
+    });
     results.into_iter().collect()
 }
 

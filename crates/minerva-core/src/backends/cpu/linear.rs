@@ -13,6 +13,21 @@ pub(crate) fn halves<T: bytemuck::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]
     }
 }
 
+/// Whether products take weights of `dtype` (every backend multiplies these).
+pub(crate) const fn multiplies(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::F32
+            | DType::F16
+            | DType::BF16
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q8_0
+            | DType::Affine { .. }
+            | DType::Mxfp4
+    )
+}
+
 /// `out = x · wᵀ (+ bias)` for rows of `x` (`[tokens, k]`), `w` `[n, k]` and `out`
 /// `[tokens, n]`.
 pub fn linear_into(x: &[f32], w: &Array, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {

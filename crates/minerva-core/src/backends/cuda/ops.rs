@@ -182,7 +182,6 @@ fn weight_arg(w: &Array) -> Result<(WeightArg, FormatKernels)> {
     Ok((arg, kernels))
 }
 
-/// `x @ wᵀ + bias` for `x` `[tokens, k]` f32 and `w` `[n, k]`.
 /// A product's operands as device addresses (a compiled graph's buffers): `tokens` rows of
 /// f32 `x` times `w` (`[n, k]`, any weight dtype), plus the `n` f32 values at `bias` when
 /// it is not 0, into `y`.
