@@ -281,7 +281,8 @@ fn dump_graph(
         "graph ({}): one decode step evaluates {} plans, {recorded} recorded ops in {passes} \
          passes, at most {peak} bytes between passes; compiling its {} new plans took \
          {:.2} ms, building {} new GPU kernel modules {:.1} ms ({} modules in {:.1} ms since \
-         the start: the prompt's plans build the modules decode steps share); plans in {}",
+         the start: the prompt's plans build the modules decode steps share); {} GPU launches \
+         ran a chain of kernels; plans in {}",
         if graph::lazy_enabled() { "on" } else { "off" },
         plans.len(),
         after.plans - before.plans,
@@ -290,6 +291,7 @@ fn dump_graph(
         (after.kernel_build_time - before.kernel_build_time).as_secs_f64() * 1e3,
         after.kernel_modules,
         after.kernel_build_time.as_secs_f64() * 1e3,
+        after.chained_launches - before.chained_launches,
         file.display()
     );
     Ok(())

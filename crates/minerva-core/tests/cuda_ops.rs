@@ -1039,3 +1039,69 @@ fn products_of_one_input_give_their_bits_alone() {
         }
     }
 }
+
+/// A Llama block as the decoder records it, where the weights take the warp-per-row
+/// kernels: each norm runs inside the products after it and SwiGLU inside gate and up (one
+/// launch each), with the bits of every op run alone; for one token, a few, and more than
+/// a tile of them.
+#[test]
+fn chained_norms_products_and_swiglu_give_their_bits_alone() {
+    if !gpu_ready("chained_norms_products_and_swiglu_give_their_bits_alone") {
+        return;
+    }
+    let mut rng = Rng(11);
+    let (d, f) = (576, 1536);
+    for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
+        let weight = |rng: &mut Rng, n: usize, k: usize| {
+            gpu(&match dtype {
+                DType::F16 => dense(&rng.vec(n * k), &[n, k], DType::F16),
+                _ => gguf(rng, dtype, &[n, k]),
+            })
+        };
+        let (wq, wk, wv) = (
+            weight(&mut rng, d, d),
+            weight(&mut rng, 192, d),
+            weight(&mut rng, 192, d),
+        );
+        let (wg, wu, wd) = (
+            weight(&mut rng, f, d),
+            weight(&mut rng, f, d),
+            weight(&mut rng, d, f),
+        );
+        let (bq, n1, n2) = (
+            gpu(&rng.array(&[d])),
+            gpu(&rng.array(&[d])),
+            gpu(&rng.array(&[d])),
+        );
+        for tokens in [1, 3, 9] {
+            let (x, attn, o) = (
+                gpu(&rng.array(&[tokens, d])),
+                gpu(&rng.array(&[tokens, d])),
+                gpu(&rng.array(&[tokens, d])),
+            );
+            let step = || {
+                let h = ops::add(&x, &attn).unwrap();
+                let normed = ops::rms_norm(&h, &n1, 1e-5).unwrap();
+                let q = ops::linear(&normed, &wq, Some(&bq)).unwrap();
+                let k = ops::linear(&normed, &wk, None).unwrap();
+                let v = ops::linear(&normed, &wv, None).unwrap();
+                let h2 = ops::add(&h, &o).unwrap();
+                let normed2 = ops::rms_norm(&h2, &n2, 1e-5).unwrap();
+                let gate = ops::linear(&normed2, &wg, None).unwrap();
+                let up = ops::linear(&normed2, &wu, None).unwrap();
+                let act = ops::swiglu(&gate, &up).unwrap();
+                let out = ops::add(&h2, &ops::linear(&act, &wd, None).unwrap()).unwrap();
+                [h, q, k, v, h2, out].map(|a| a.to_f32_vec().unwrap())
+            };
+            let alone = step();
+            let before = minerva_core::graph::lazy_stats().chained_launches;
+            let together = minerva_core::graph::lazily(step);
+            let chained = minerva_core::graph::lazy_stats().chained_launches - before;
+            assert!(
+                chained >= 2,
+                "{dtype} x{tokens}: {chained} chained launches"
+            );
+            assert_eq!(together, alone, "{dtype} x{tokens}");
+        }
+    }
+}

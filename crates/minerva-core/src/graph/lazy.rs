@@ -404,6 +404,9 @@ pub struct LazyStats {
     /// time NVRTC and the driver took to compile and load them.
     pub kernel_modules: usize,
     pub kernel_build_time: Duration,
+    /// GPU launches that ran a chain (a kernel of products with the pass before or after
+    /// it) as one kernel, queued so far (replays of a captured step not counted).
+    pub chained_launches: u64,
 }
 
 pub fn stats() -> LazyStats {
@@ -415,5 +418,6 @@ pub fn stats() -> LazyStats {
         compile_time: cache.compile_time,
         kernel_modules,
         kernel_build_time,
+        chained_launches: crate::backends::cuda::fused::chained(),
     }
 }

@@ -9,14 +9,22 @@ use std::path::PathBuf;
 use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 
 /// Every kernel, in one translation unit (one compile, one module).
-const SOURCES: [&str; 7] = [
+const SOURCES: [&str; 8] = [
     include_str!("kernels/common.cuh"),
+    include_str!("kernels/products.cuh"),
     include_str!("kernels/linear.cu"),
     include_str!("kernels/tensor_products.cu"),
     include_str!("kernels/experts.cu"),
     include_str!("kernels/elementwise.cu"),
     include_str!("kernels/attention.cu"),
     include_str!("kernels/sampling.cu"),
+];
+
+/// What the product kernels a compiled graph generates build on: the shared helpers and
+/// the weight formats.
+pub(super) const PRODUCT_FORMATS: [&str; 2] = [
+    include_str!("kernels/common.cuh"),
+    include_str!("kernels/products.cuh"),
 ];
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -56,23 +64,33 @@ fn nvrtc_version() -> (i32, i32) {
 /// The CUBIN of all kernels for compute capability `arch`.
 pub(super) fn kernels_cubin(arch: (i32, i32)) -> Result<Vec<u8>, String> {
     nvrtc_ready()?;
-    let source = SOURCES.concat();
     let options = [
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
         "--std=c++17".to_string(),
         "--extra-device-vectorization".to_string(),
         "-lineinfo".to_string(),
     ];
+    cached_compile("kernels", &SOURCES.concat(), &options, arch)
+}
+
+/// [`compile`], through the disk cache: `{name}-{hash}-sm{arch}.cubin`, the hash covering
+/// the source, the options and the NVRTC version.
+pub(super) fn cached_compile(
+    name: &str,
+    source: &str,
+    options: &[String],
+    arch: (i32, i32),
+) -> Result<Vec<u8>, String> {
     let (major, minor) = nvrtc_version();
     let mut key = fnv1a(source.as_bytes(), 0xcbf2_9ce4_8422_2325);
     key = fnv1a(options.concat().as_bytes(), key);
     key = fnv1a(format!("nvrtc {major}.{minor}").as_bytes(), key);
     let path =
-        cache_dir().map(|d| d.join(format!("kernels-{key:016x}-sm{}{}.cubin", arch.0, arch.1)));
+        cache_dir().map(|d| d.join(format!("{name}-{key:016x}-sm{}{}.cubin", arch.0, arch.1)));
     if let Some(cached) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok(cached);
     }
-    let cubin = compile(&source, &options)?;
+    let cubin = compile(source, options)?;
     if let Some(path) = path {
         // A cache that cannot be written only costs a recompile next time.
         if let Some(dir) = path.parent() {

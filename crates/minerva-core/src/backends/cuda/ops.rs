@@ -45,10 +45,10 @@ fn ptr_or_null(a: Option<&Array>) -> Result<u64> {
     a.map(Array::device_ptr).transpose().map(|p| p.unwrap_or(0))
 }
 
-/// The kernel side of `struct Weight` in `linear.cu` (same field order and sizes).
+/// The kernel side of `struct Weight` in `products.cuh` (same field order and sizes).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct WeightArg {
+pub(crate) struct WeightArg {
     codes: u64,
     scales: u64,
     biases: u64,
@@ -246,6 +246,33 @@ pub(crate) fn linear_set_into(dev: &Arc<CudaDevice>, ps: &[LinearPtrs<'_>]) -> R
         32 * ROWS_PER_BLOCK,
         &[&set, &ps[0].x, &(tokens as i32)],
     )
+}
+
+/// The format (a type of `products.cuh`) of `w`'s rows where its products can run on the
+/// warp-per-row kernels at all (the GGUF, dense and odd-width affine formats; the MLX
+/// 4- and 8-bit formats stream instead), for kernels generated around such products.
+pub(crate) fn warp_row_format(w: &Array) -> Option<&'static str> {
+    let vec4 = w.dim(-1).is_multiple_of(4);
+    Some(match w.dtype() {
+        DType::F32 if vec4 => "DenseF32<4>",
+        DType::F32 => "DenseF32<1>",
+        DType::F16 if vec4 => "DenseHalf<4, false>",
+        DType::F16 => "DenseHalf<1, false>",
+        DType::BF16 if vec4 => "DenseHalf<4, true>",
+        DType::BF16 => "DenseHalf<1, true>",
+        DType::Q4_0 => "Q4_0",
+        DType::Q4_1 => "Q4_1",
+        DType::Q8_0 => "Q8_0",
+        DType::Affine { bits, .. } if !matches!(bits, 4 | 8) => "AffineAny",
+        _ => return None,
+    })
+}
+
+/// `p`'s weight as the warp-per-row kernels take it, where `p` runs on them (as
+/// [`linear_into`] would run it now: the choice depends on the tokens and on capture).
+pub(crate) fn warp_rows_weight(dev: &CudaDevice, p: &LinearPtrs<'_>) -> Result<Option<WeightArg>> {
+    let (arg, kernels) = weight_arg(p.w)?;
+    Ok(warp_rows_only(dev, p, &kernels).then_some(arg))
 }
 
 /// Whether `product` queues `p` on the warp-per-row kernels.

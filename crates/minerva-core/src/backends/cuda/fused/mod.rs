@@ -4,16 +4,23 @@
 //! a row kernel gives each block a row, sweeping it once per reduction (block-wide, by
 //! warp shuffles) and once more for the values it writes. Compiled without fused
 //! multiply-adds and with IEEE division and square roots, so flat plans without exp or tanh
-//! give the CPU's bits; row sums add in a different order than the CPU's.
+//! give the CPU's bits; row sums add in a different order than the CPU's. Kernels of
+//! products run on the product kernels of their weights' formats, or, with the passes
+//! around them, as one generated chain ([`chain`]).
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{result as cu, sys};
 
-use super::ops::{linear_set_into, LinearPtrs};
+mod chain;
+
+use chain::Chain;
+
+use super::ops::{linear_set_into, warp_row_format, LinearPtrs};
 use super::{compile, CudaDevice};
 use crate::graph::{Binary, Kernel, Op, Plan, Reduce, Unary};
 use crate::{Array, DType, Error, Result};
@@ -44,14 +51,39 @@ struct MaxOp { __device__ float operator()(float a, float b) const { return fmax
 /// How kernel `k`'s nodes read their operands and compute their values.
 struct Gen<'a> {
     plan: &'a Plan,
+    /// What it computes: its nodes, domain and width.
     kernel: &'a Kernel,
+    /// The buffers it reads (parameters `in{p}`) and the nodes it stores (`out{o}`).
+    reads: &'a [usize],
+    writes: &'a [usize],
+    /// Values computed before, in registers `n{i}` (a chain's products, for its epilogue).
+    registers: &'a [usize],
+    /// A node whose rows also go to the shared tile `xs` (a chain's product input).
+    staged: Option<usize>,
+    /// A condition every global store also needs (a chain's prologue: its first blocks).
+    guard: &'a str,
+}
+
+impl<'a> Gen<'a> {
+    /// The generator of a plain plan kernel.
+    fn of(plan: &'a Plan, kernel: &'a Kernel) -> Gen<'a> {
+        Gen {
+            plan,
+            kernel,
+            reads: &kernel.reads,
+            writes: &kernel.writes,
+            registers: &[],
+            staged: None,
+            guard: "",
+        }
+    }
 }
 
 impl Gen<'_> {
     /// Node `x`'s value at (`row`, column `j`) as read by a node of `dims`.
     fn operand(&self, x: usize, dims: &[usize], j: &str) -> String {
         let node = &self.plan.nodes[x];
-        if self.kernel.nodes.contains(&x) {
+        if self.kernel.nodes.contains(&x) || self.registers.contains(&x) {
             return match node.op {
                 Op::Constant(c) => float(c),
                 _ => format!("n{x}"),
@@ -80,7 +112,7 @@ impl Gen<'_> {
             };
             offset = format!("({offset}) * {extent} + {index}");
         }
-        let p = self.kernel.reads.iter().position(|&r| r == x);
+        let p = self.reads.iter().position(|&r| r == x);
         format!("in{}[{offset}]", p.expect("a read"))
     }
 
@@ -120,14 +152,55 @@ impl Gen<'_> {
         format!("const float n{i} = {e};\n")
     }
 
-    /// The store of written node `i` (the `o`-th write) at (`row`, `j`).
-    fn store(&self, o: usize, i: usize) -> String {
+    /// The stores of node `i` at (`row`, `j`): to its buffer where it is written, to the
+    /// shared tile where it is staged.
+    fn store(&self, i: usize) -> String {
+        let mut code = String::new();
         let width = *self.plan.nodes[i].dims().last().unwrap();
-        if width == 1 && self.kernel.width > 1 {
-            format!("if (j == 0) out{o}[row] = n{i};\n")
-        } else {
-            format!("out{o}[row * {width}L + j] = n{i};\n")
+        if let Some(o) = self.writes.iter().position(|&w| w == i) {
+            code += &if width == 1 && self.kernel.width > 1 {
+                format!("if ({}) out{o}[row] = n{i};\n", self.when("j == 0"))
+            } else if self.guard.is_empty() {
+                format!("out{o}[row * {width}L + j] = n{i};\n")
+            } else {
+                format!("if ({}) out{o}[row * {width}L + j] = n{i};\n", self.guard)
+            };
         }
+        if self.staged == Some(i) {
+            code += &format!("xs[(row - t0) * {width}L + j] = n{i};\n");
+        }
+        code
+    }
+
+    /// The store of per-row value `i` (one thread's) where it is written.
+    fn store_row(&self, i: usize) -> String {
+        match self.writes.iter().position(|&w| w == i) {
+            Some(o) => format!(
+                "if ({}) out{o}[row] = n{i};\n",
+                self.when("threadIdx.x == 0")
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// `condition`, and the guard where there is one.
+    fn when(&self, condition: &str) -> String {
+        match self.guard {
+            "" => condition.to_string(),
+            guard => format!("{guard} && {condition}"),
+        }
+    }
+
+    /// The nodes of its own it stores somewhere: written or staged.
+    fn stored(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self
+            .writes
+            .iter()
+            .copied()
+            .filter(|w| self.kernel.nodes.contains(w))
+            .collect();
+        all.extend(self.staged.filter(|s| !self.writes.contains(s)));
+        all
     }
 
     /// The value reduction `r` starts from.
@@ -151,8 +224,8 @@ impl Gen<'_> {
         for &i in &self.kernel.nodes {
             body += &self.elementwise(i);
         }
-        for (o, &w) in self.kernel.writes.iter().enumerate() {
-            body += &self.store(o, w);
+        for w in self.stored() {
+            body += &self.store(w);
         }
         body
     }
@@ -188,9 +261,7 @@ impl Gen<'_> {
                     continue; // finished after the previous sweep
                 }
                 body += &self.elementwise(i);
-                if let Some(o) = self.kernel.writes.iter().position(|&w| w == i) {
-                    body += &format!("if (threadIdx.x == 0) out{o}[row] = n{i};\n");
-                }
+                body += &self.store_row(i);
             }
             // Reductions finishing after this sweep, and wide values written in it.
             let reductions: Vec<usize> = nodes
@@ -198,20 +269,17 @@ impl Gen<'_> {
                 .copied()
                 .filter(|&i| matches!(self.plan.nodes[i].op, Op::Reduce(..)) && stage[&i] == s + 1)
                 .collect();
-            let stores: Vec<(usize, usize)> = self
-                .kernel
-                .writes
-                .iter()
-                .copied()
-                .enumerate()
-                .filter(|&(_, w)| !self.per_row(w) && stage[&w] == s)
+            let stores: Vec<usize> = self
+                .stored()
+                .into_iter()
+                .filter(|&w| !self.per_row(w) && stage[&w] == s)
                 .collect();
             if reductions.is_empty() && stores.is_empty() {
                 continue;
             }
             // The wide values the sweep needs, inputs before users.
             let mut needed: Vec<usize> = Vec::new();
-            let mut stack: Vec<usize> = stores.iter().map(|&(_, w)| w).collect();
+            let mut stack: Vec<usize> = stores.clone();
             for &r in &reductions {
                 stack.extend(self.plan.nodes[r].op.inputs().iter().map(|x| x.0));
             }
@@ -242,8 +310,8 @@ impl Gen<'_> {
                     Reduce::Max => format!("acc{r} = fmaxf(acc{r}, {v});\n"),
                 };
             }
-            for &(o, w) in &stores {
-                body += &self.store(o, w);
+            for &w in &stores {
+                body += &self.store(w);
             }
             body += "}\n";
             for &r in &reductions {
@@ -253,9 +321,7 @@ impl Gen<'_> {
                 };
                 let identity = self.identity(r);
                 body += &format!("const float n{r} = block_fold(acc{r}, red, {identity}, {f});\n");
-                if let Some(o) = self.kernel.writes.iter().position(|&w| w == r) {
-                    body += &format!("if (threadIdx.x == 0) out{o}[row] = n{r};\n");
-                }
+                body += &self.store_row(r);
             }
         }
         body
@@ -266,7 +332,7 @@ impl Gen<'_> {
 /// `Kernel::reads` order), then those it writes (in `Kernel::writes` order).
 fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
     let kernel = &plan.kernels[k];
-    let gen = Gen { plan, kernel };
+    let gen = Gen::of(plan, kernel);
     let mut params: Vec<String> = (0..kernel.reads.len())
         .map(|p| format!("const float* __restrict__ in{p}"))
         .collect();
@@ -296,21 +362,30 @@ fn kernel_source(plan: &Plan, k: usize, src: &mut String) {
     );
 }
 
-/// The whole plan's source: the prelude, then each kernel.
-fn plan_source(plan: &Plan) -> String {
-    let mut src = String::from(PRELUDE);
+/// The whole plan's source: the prelude, then each kernel, then each chain (with the
+/// weight formats they read).
+fn plan_source(plan: &Plan, chains: &[Chain]) -> String {
+    let mut src = String::new();
+    if !chains.is_empty() {
+        src.extend(compile::PRODUCT_FORMATS);
+    }
+    src += PRELUDE;
     for k in 0..plan.kernels.len() {
         if !plan.kernels[k].products {
             kernel_source(plan, k, &mut src);
         }
     }
+    for c in chains {
+        chain::source(plan, c, &mut src);
+    }
     src
 }
 
 /// A plan's generated kernels, loaded (`None` for its kernels of products, which run on
-/// the product kernels).
+/// the product kernels), and its chains with their functions (one token, a tile).
 struct Module {
     functions: Vec<Option<sys::CUfunction>>,
+    chains: Vec<(Chain, sys::CUfunction, sys::CUfunction)>,
 }
 
 // SAFETY: function handles are driver objects usable from any thread once their context is
@@ -319,14 +394,16 @@ unsafe impl Send for Module {}
 // SAFETY: as above.
 unsafe impl Sync for Module {}
 
-/// Loaded kernels by (device ordinal, source), and by (ordinal, plan fingerprint) so that a
-/// plan run again finds its kernels without generating their source. Plans that differ
-/// only in their number of rows share a source.
+/// Loaded kernels by (device ordinal, source), and by (ordinal, plan fingerprint, weight
+/// formats) so that a plan run again finds its kernels without generating their source.
+/// Plans that differ only in their number of rows share a source.
 #[derive(Default)]
 struct Modules {
     by_source: HashMap<(usize, String), Arc<Module>>,
-    by_plan: HashMap<(usize, Vec<u64>), Arc<Module>>,
+    by_plan: HashMap<PlanKey, Arc<Module>>,
 }
+
+type PlanKey = (usize, Vec<u64>, Vec<Option<&'static str>>);
 
 /// Plans remembered at most; past that the map starts over (the sources stay).
 const MAX_PLANS: usize = 4096;
@@ -336,16 +413,28 @@ fn modules() -> &'static Mutex<Modules> {
     MODULES.get_or_init(Default::default)
 }
 
-fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
-    let plan_key = (dev.ordinal, plan.fingerprint());
+/// `plan`'s module, for weights of `formats` (per weight node, its warp-per-row format).
+fn module(
+    dev: &CudaDevice,
+    plan: &Plan,
+    formats: Vec<(usize, Option<&'static str>)>,
+) -> Result<Arc<Module>> {
+    let plan_key = (
+        dev.ordinal,
+        plan.fingerprint(),
+        formats.iter().map(|f| f.1).collect(),
+    );
     if let Some(m) = modules().lock().expect("modules").by_plan.get(&plan_key) {
         return Ok(Arc::clone(m));
     }
     if plan.kernels.iter().all(|k| k.products) {
         let functions = vec![None; plan.kernels.len()];
-        return Ok(Arc::new(Module { functions }));
+        let chains = Vec::new();
+        return Ok(Arc::new(Module { functions, chains }));
     }
-    let key = (dev.ordinal, plan_source(plan));
+    let format = |node: usize| formats.iter().find(|f| f.0 == node).and_then(|f| f.1);
+    let chains = chain::chains(plan, &format);
+    let key = (dev.ordinal, plan_source(plan, &chains));
     let known = modules()
         .lock()
         .expect("modules")
@@ -355,7 +444,7 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
     let m = match known {
         Some(m) => m,
         None => {
-            let m = load(dev, &key.1, plan)?;
+            let m = load(dev, &key.1, plan, chains)?;
             modules()
                 .lock()
                 .expect("modules")
@@ -375,43 +464,65 @@ fn module(dev: &CudaDevice, plan: &Plan) -> Result<Arc<Module>> {
 /// Modules generated so far, and the time NVRTC and the driver took to compile and load them.
 static GENERATED: Mutex<(usize, Duration)> = Mutex::new((0, Duration::ZERO));
 
+/// Chains queued as one launch so far.
+static CHAINED: AtomicU64 = AtomicU64::new(0);
+
+/// See [`CHAINED`].
+pub(crate) fn chained() -> u64 {
+    CHAINED.load(Ordering::Relaxed)
+}
+
 /// See [`GENERATED`].
 pub(crate) fn generated() -> (usize, Duration) {
     *GENERATED.lock().expect("generated")
 }
 
-/// Compiles `source` and loads the functions `fused_{k}` of `plan`'s generated kernels.
-fn load(dev: &CudaDevice, source: &str, plan: &Plan) -> Result<Arc<Module>> {
-    let start = Instant::now();
-    let arch = dev.arch;
-    let options = [
+/// The options generated kernels compile with (see the module doc).
+fn options(arch: (i32, i32)) -> [String; 5] {
+    [
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
+        "--std=c++17".to_string(),
         "--fmad=false".to_string(),
         "--prec-div=true".to_string(),
         "--prec-sqrt=true".to_string(),
-    ];
-    let cubin = compile::compile(source, &options).map_err(|e| dev.err("compiling a graph", e))?;
+    ]
+}
+
+/// Compiles `source` (through the disk cache) and loads the functions `fused_{k}` of
+/// `plan`'s generated kernels and those of its `chains`.
+fn load(dev: &CudaDevice, source: &str, plan: &Plan, chains: Vec<Chain>) -> Result<Arc<Module>> {
+    let start = Instant::now();
+    let cubin = compile::cached_compile("graph", source, &options(dev.arch), dev.arch)
+        .map_err(|e| dev.err("compiling a graph", e))?;
     dev.bind()?;
     // SAFETY: `cubin` is a complete CUBIN for this device's architecture; the context is
     // current (bound above). The module stays loaded for the life of the process.
     let loaded = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
         .map_err(|e| dev.err("loading a graph's kernels", e))?;
+    let function = |name: String| {
+        let name = std::ffi::CString::new(name).expect("no NUL");
+        // SAFETY: the module was just loaded in this device's context.
+        unsafe { cu::module::get_function(loaded, name) }.map_err(|e| dev.err("a graph kernel", e))
+    };
     let functions = (0..plan.kernels.len())
-        .map(|k| {
-            if plan.kernels[k].products {
-                return Ok(None);
-            }
-            let name = std::ffi::CString::new(format!("fused_{k}")).expect("no NUL");
-            // SAFETY: the module was just loaded in this device's context.
-            unsafe { cu::module::get_function(loaded, name) }
-                .map(Some)
-                .map_err(|e| dev.err("a graph kernel", e))
+        .map(|k| match plan.kernels[k].products {
+            true => Ok(None),
+            false => function(format!("fused_{k}")).map(Some),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let chains = chains
+        .into_iter()
+        .map(|c| {
+            let first = c.first();
+            let one = function(format!("chain_{first}_1"))?;
+            let tiled = function(format!("chain_{first}_n"))?;
+            Ok((c, one, tiled))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut generated = GENERATED.lock().expect("generated");
     generated.0 += 1;
     generated.1 += start.elapsed();
-    Ok(Arc::new(Module { functions }))
+    Ok(Arc::new(Module { functions, chains }))
 }
 
 /// Runs `plan` on f32 `inputs` on `dev` and returns its outputs (queued).
@@ -437,7 +548,14 @@ pub(crate) fn run_plan(
             }
         }
     }
-    let module = module(dev, plan)?;
+    let formats = weights
+        .iter()
+        .map(|&w| match plan.nodes[w].op {
+            Op::Input(k) => (w, warp_row_format(inputs[k])),
+            _ => (w, None),
+        })
+        .collect();
+    let module = module(dev, plan, formats)?;
     let arena = match plan.memory.arena {
         0 => None,
         len => Some(dev.alloc(4 * len)?),
@@ -469,15 +587,41 @@ pub(crate) fn run_plan(
         Ok(arena.ptr() + 4 * b.offset as u64)
     };
     dev.bind()?;
-    for (k, kernel) in plan.kernels.iter().enumerate() {
-        if kernel.products {
-            run_products(dev, plan, kernel, inputs, &address)?;
-            continue;
+    let mut k = 0;
+    while k < plan.kernels.len() {
+        if let Some((c, one, tiled)) = module.chains.iter().find(|c| c.0.first() == k) {
+            let products = product_ptrs(plan, &plan.kernels[c.products], inputs, &address)?;
+            if chain::run(dev, plan, c, (*one, *tiled), &products, &address)? {
+                CHAINED.fetch_add(1, Ordering::Relaxed);
+                k = c.last() + 1;
+                continue;
+            }
         }
-        let (rows, width) = (kernel.rows(), kernel.width);
-        if rows * width == 0 {
-            continue;
-        }
+        run_kernel(dev, plan, &module, k, inputs, &address)?;
+        k += 1;
+    }
+    Ok(outputs)
+}
+
+/// Queues plan kernel `k` alone.
+fn run_kernel(
+    dev: &Arc<CudaDevice>,
+    plan: &Plan,
+    module: &Module,
+    k: usize,
+    inputs: &[&Array],
+    address: &dyn Fn(usize) -> Result<u64>,
+) -> Result<()> {
+    let kernel = &plan.kernels[k];
+    if kernel.products {
+        let products = product_ptrs(plan, kernel, inputs, address)?;
+        return linear_set_into(dev, &products);
+    }
+    let (rows, width) = (kernel.rows(), kernel.width);
+    if rows * width == 0 {
+        return Ok(());
+    }
+    {
         let mut args: Vec<u64> = kernel
             .reads
             .iter()
@@ -515,20 +659,18 @@ pub(crate) fn run_plan(
                 )
             }
             .map_err(|e| dev.err("launching a graph kernel", e))
-        })?;
+        })
     }
-    Ok(outputs)
 }
 
-/// A kernel of products of one input, each on the product kernels of its weight's format.
-fn run_products(
-    dev: &Arc<CudaDevice>,
+/// The operands of a kernel of products of one input.
+fn product_ptrs<'a>(
     plan: &Plan,
     kernel: &Kernel,
-    inputs: &[&Array],
+    inputs: &[&'a Array],
     address: &dyn Fn(usize) -> Result<u64>,
-) -> Result<()> {
-    let products = kernel
+) -> Result<Vec<LinearPtrs<'a>>> {
+    kernel
         .steps
         .iter()
         .map(|step| {
@@ -548,8 +690,7 @@ fn run_products(
                 y: address(step.node)?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    linear_set_into(dev, &products)
+        .collect()
 }
 
 #[cfg(test)]
@@ -568,7 +709,7 @@ mod tests {
             let w = g.input(&[8]);
             let sum = g.binary(Binary::Add, x, y).unwrap();
             let normed = g.rms_norm(sum, w, 1e-5).unwrap();
-            plan_source(&compile_graph(&g, &[sum, normed]))
+            plan_source(&compile_graph(&g, &[sum, normed]), &[])
         };
         assert_eq!(source(1), source(5));
         assert_eq!(source(1), source(512));
@@ -591,12 +732,71 @@ mod tests {
         let s = g.reduce(Reduce::Sum, e).unwrap();
         let p = g.binary(Binary::Div, e, s).unwrap();
         let plan = compile_graph(&g, &[p, y]);
-        let source = plan_source(&plan);
-        let options = [
-            "--gpu-architecture=sm_90".to_string(),
-            "--fmad=false".to_string(),
-        ];
-        let cubin = compile::compile(&source, &options).unwrap_or_else(|e| panic!("{e}\n{source}"));
+        let source = plan_source(&plan, &[]);
+        let cubin =
+            compile::compile(&source, &options((9, 0))).unwrap_or_else(|e| panic!("{e}\n{source}"));
+        assert!(cubin.starts_with(b"\x7fELF"));
+    }
+
+    /// A Llama block's plan as the decoder records it: the residual sum and its norm, then
+    /// q, k and v (with biases); the next residual sum and norm, then gate and up, SwiGLU,
+    /// and down.
+    fn block_plan(tokens: usize) -> Plan {
+        let (d, f) = (64, 96);
+        let mut g = Graph::new();
+        let x = g.input(&[tokens, d]);
+        let attn = g.input(&[tokens, d]);
+        let norm = g.input(&[d]);
+        let h = g.binary(Binary::Add, x, attn).unwrap();
+        let normed = g.rms_norm(h, norm, 1e-5).unwrap();
+        let mut outputs = vec![h];
+        for n in [d, 32, 32] {
+            let (w, b) = (g.input(&[n, d]), g.input(&[n]));
+            outputs.push(g.product(normed, w, Some(b)).unwrap());
+        }
+        let o = g.input(&[tokens, d]);
+        let h2 = g.binary(Binary::Add, h, o).unwrap();
+        let normed2 = g.rms_norm(h2, norm, 1e-5).unwrap();
+        let (wg, wu, wd) = (g.input(&[f, d]), g.input(&[f, d]), g.input(&[d, f]));
+        let gate = g.product(normed2, wg, None).unwrap();
+        let up = g.product(normed2, wu, None).unwrap();
+        let act = g.unary(Unary::Silu, gate);
+        let mixed = g.binary(Binary::Mul, act, up).unwrap();
+        let down = g.product(mixed, wd, None).unwrap();
+        let out = g.binary(Binary::Add, h2, down).unwrap();
+        outputs.push(out);
+        compile_graph(&g, &outputs)
+    }
+
+    /// The block's norms run inside the products after them, SwiGLU after gate and up, and
+    /// the last residual sum after down: three chains, which compile for Hopper.
+    #[test]
+    fn a_blocks_norms_and_swiglu_chain_with_its_products() {
+        let plan = block_plan(3);
+        let chains = chain::chains(&plan, &|_| Some("Q4_1"));
+        let shapes: Vec<(bool, bool)> = chains
+            .iter()
+            .map(|c| (c.prologue.is_some(), c.epilogue.is_some()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [(true, false), (true, true), (false, true)],
+            "{plan}"
+        );
+        // Formats that stream (MLX affine, MXFP4) make no chains.
+        assert!(chain::chains(&plan, &|_| None).is_empty());
+        let source = plan_source(&plan, &chains);
+        assert_eq!(
+            source,
+            plan_source(&block_plan(1), &chains),
+            "one source for any tokens"
+        );
+        if let Err(why) = compile::nvrtc_ready() {
+            eprintln!("SKIPPED the sm_90 compile of a_blocks_norms_and_swiglu_chain: {why}");
+            return;
+        }
+        let cubin =
+            compile::compile(&source, &options((9, 0))).unwrap_or_else(|e| panic!("{e}\n{source}"));
         assert!(cubin.starts_with(b"\x7fELF"));
     }
 }
