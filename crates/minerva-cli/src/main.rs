@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod convert;
 mod inspect;
+mod ls;
 mod model_path;
 mod options;
 mod perplexity;
@@ -22,7 +23,8 @@ use clap::{Parser, Subcommand};
     about = "Minerva: a native Rust LLM inference engine"
 )]
 struct Cli {
-    /// Model: a GGUF file, a safetensors file or a model directory [default: SmolLM2-135M-Instruct Q4_1]
+    /// Model: a GGUF file, a safetensors file, a model directory, ORG/NAME[@REV][/FILE] from
+    /// the Hugging Face cache, or a name `minerva ls` lists [default: SmolLM2-135M-Instruct Q4_1]
     #[arg(long, global = true, env = "MINERVA_MODEL")]
     model: Option<PathBuf>,
     /// Where to run: auto (the first GPU if one works, else the CPU), cpu, cuda or cuda:N
@@ -62,6 +64,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Convert an HF safetensors checkpoint (--model) to MLX format, quantized as mlx does
     Convert(convert::ConvertArgs),
+    /// List the models --model finds by name (Minerva's cache, the Hugging Face cache)
+    Ls(ls::LsArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,5 +120,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(&choice, &args),
         Command::Perplexity(args) => perplexity::perplexity(&choice, &args),
         Command::Convert(args) => convert::convert(model, &args),
+        Command::Ls(args) => ls::ls(&args),
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use minerva_core::Device;
 use minerva_engine::{Engine, KvConfig};
+use minerva_models::local_models::Caches;
 use minerva_models::model_cache::default_model_path;
 
 /// The model and device the global `--model` and `--device` flags name.
@@ -73,10 +74,19 @@ fn upload_bar(device: Device) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// The model to load: `explicit`, else the cached default model.
+/// The model to load: `explicit` (a path, or a name found in the model caches: see
+/// [`Caches::resolve`]), else the cached default model.
 pub fn resolve(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
-        return Ok(path.to_path_buf());
+        // A path spelled as one (absolute or relative to '.') is taken as is, so that a
+        // missing file is reported as such by the loader.
+        if path.exists() || path.is_absolute() || path.starts_with(".") || path.starts_with("..") {
+            return Ok(path.to_path_buf());
+        }
+        let spec = path.to_string_lossy();
+        return Caches::from_env()
+            .resolve(&spec)
+            .map_err(|e| anyhow::anyhow!("--model {e}"));
     }
     let default = default_model_path();
     if !default.is_file() {

@@ -12,6 +12,7 @@ pub mod formats;
 pub mod harmony;
 pub mod kv;
 pub mod loader;
+pub mod local_models;
 pub mod messages;
 pub mod model_cache;
 pub mod synthetic;
