@@ -26,7 +26,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub q_mode: Option<String>,
     /// PATTERN=SPEC, repeatable, first match wins: modules whose path contains PATTERN (or,
-    /// with `*`, matches it whole) get SPEC: mxfp4, affineB[gG] (e.g. affine8g64) or none.
+    /// with `*`, matches it whole) get SPEC: mxfp4, `affineB[gG]` (e.g. affine8g64) or none.
     /// Example: --q-rule experts=mxfp4 --q-bits 8
     #[arg(long = "q-rule")]
     pub q_rules: Vec<String>,

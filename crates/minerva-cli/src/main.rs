@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
     about = "Minerva: a native Rust LLM inference engine"
 )]
 struct Cli {
-    /// Model: a GGUF file, a safetensors file, a model directory, ORG/NAME[@REV][/FILE] from
+    /// Model: a GGUF file, a safetensors file, a model directory, `ORG/NAME[@REV][/FILE]` from
     /// the Hugging Face cache, or a name `minerva ls` lists [default: SmolLM2-135M-Instruct Q4_1]
     #[arg(long, global = true, env = "MINERVA_MODEL")]
     model: Option<PathBuf>,

@@ -220,7 +220,7 @@ fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
 }
 
-/// -log softmax(row)[target].
+/// `-log softmax(row)[target]`.
 fn negative_log_likelihood(row: &[f32], target: usize) -> anyhow::Result<f64> {
     ensure!(
         target < row.len(),

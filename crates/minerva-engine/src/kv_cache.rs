@@ -12,7 +12,7 @@
 //!
 //! Pages are counted by their holders, so sequences can share them: with the prefix cache
 //! on ([`PagedKvCache::enable_prefix_cache`]), every full page a sequence computes is kept
-//! under its tokens ([`crate::prefix_cache`]), and a later sequence beginning with the same
+//! under its tokens (`prefix_cache`), and a later sequence beginning with the same
 //! tokens takes those pages instead of computing them ([`PagedKvCache::attach_prefix`]).
 //! Shared pages are full, so nobody writes them again. When a fixed pool runs short, the
 //! least recently used cached pages go first.

@@ -48,7 +48,7 @@ impl MemoryPlan {
     }
 
     /// A pair of buffers that share memory while both are alive, if any (never, for a plan
-    /// from [`plan_memory`]; tests and debug runs check it).
+    /// from `plan_memory`; tests and debug runs check it).
     pub fn aliasing(&self) -> Option<(Buffer, Buffer)> {
         for (i, a) in self.buffers.iter().enumerate() {
             for b in &self.buffers[i + 1..] {

@@ -1,5 +1,5 @@
 //! Rows of a paged KV cache in host memory: storing a row of f32 values in each
-//! [`KvDType`] (quantizing the integer ones) and reading one back, as attention uses it.
+//! [`KvDType`](crate::KvDType) (quantizing the integer ones) and reading one back, as attention uses it.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;

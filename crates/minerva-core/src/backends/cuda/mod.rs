@@ -325,7 +325,7 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Whether products of prompts can go to cuBLAS (see [`CudaDevice::blas`]).
+    /// Whether products of prompts can go to cuBLAS (see `CudaDevice::blas`).
     pub fn has_blas(&self) -> bool {
         self.blas().is_some()
     }
