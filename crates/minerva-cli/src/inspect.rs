@@ -17,6 +17,41 @@ pub struct InspectArgs {
     /// List every tensor (otherwise the first 20)
     #[arg(long)]
     pub all: bool,
+    /// Print one JSON object (metadata, every tensor, the config) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A GGUF metadata value as JSON.
+fn json_value(v: &MetaValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        MetaValue::String(s) => Value::from(s.as_str()),
+        MetaValue::Array(items) => Value::Array(items.iter().map(json_value).collect()),
+        MetaValue::Bool(b) => Value::from(*b),
+        MetaValue::F32(x) => Value::from(*x),
+        MetaValue::F64(x) => Value::from(*x),
+        other => match other.as_i128() {
+            Some(i) => i64::try_from(i)
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(i as u64)),
+            None => Value::Null,
+        },
+    }
+}
+
+fn json_tensors(tensors: &[TensorInfo]) -> serde_json::Value {
+    tensors
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "bytes": t.nbytes,
+            })
+        })
+        .collect()
 }
 
 fn show_value(v: &MetaValue) -> String {
@@ -82,6 +117,37 @@ pub fn inspect(model: Option<&Path>, args: &InspectArgs) -> anyhow::Result<()> {
             ModelFiles::Safetensors { .. } => return Err(err.into()),
         },
     };
+    if args.json {
+        let (format, metadata, tensors) = match &checkpoint {
+            Checkpoint::Gguf(g) => (
+                "gguf",
+                g.metadata()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_value(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+                g.tensors(),
+            ),
+            Checkpoint::Safetensors(s) => (
+                "safetensors",
+                s.metadata()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                    .collect(),
+                s.tensors(),
+            ),
+        };
+        let report = serde_json::json!({
+            "path": path,
+            "format": format,
+            "metadata": metadata,
+            "tensors": json_tensors(tensors),
+            // The parsed configuration as Minerva reads it (Rust debug notation); null when
+            // Minerva cannot run the checkpoint.
+            "config": config.map(|c| format!("{c:?}")),
+        });
+        println!("{report}");
+        return Ok(());
+    }
     match &checkpoint {
         Checkpoint::Gguf(g) => {
             println!(

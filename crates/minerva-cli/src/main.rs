@@ -66,9 +66,22 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// List the models --model finds by name (Minerva's cache, the Hugging Face cache)
     Ls(ls::LsArgs),
+    /// Print a shell completion script (e.g. `minerva completions bash > ~/.local/share/bash-completion/completions/minerva`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`minerva inspect | head`) ends the
+    // process quietly, as for other Unix tools, instead of a panic in `println!`.
+    // SAFETY: restoring SIGPIPE's default action before any thread starts touches no
+    // state of this program.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -121,5 +134,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Perplexity(args) => perplexity::perplexity(&choice, &args),
         Command::Convert(args) => convert::convert(model, &args),
         Command::Ls(args) => ls::ls(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "minerva", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
