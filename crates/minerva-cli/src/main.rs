@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod config_file;
 mod convert;
 mod inspect;
 mod ls;
@@ -14,7 +15,7 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,10 @@ struct Cli {
     /// Log progress and timings to stderr
     #[arg(long, short, global = true)]
     verbose: bool,
+    /// Defaults for these options and for `serve` (TOML) [default:
+    /// ~/.config/minerva/minerva.toml where it exists]
+    #[arg(long, global = true, env = "MINERVA_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,7 +87,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(if cli.verbose {
@@ -91,7 +97,7 @@ fn main() -> ExitCode {
             tracing::Level::WARN
         })
         .init();
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("minerva: {}", one_line(&err));
@@ -112,7 +118,31 @@ fn one_line(err: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Fills the options `matches` left at their defaults from `config`.
+fn apply_config(
+    cli: &mut Cli,
+    matches: &clap::ArgMatches,
+    config: &config_file::ConfigFile,
+) -> anyhow::Result<()> {
+    let globals = config_file::Globals {
+        model: &mut cli.model,
+        device: &mut cli.device,
+        kv_dtype: &mut cli.kv_dtype,
+        graph: &mut cli.graph,
+        threads: &mut cli.threads,
+    };
+    config.apply_globals(globals, matches)?;
+    if let (Command::Serve(args), Some(serve)) =
+        (&mut cli.command, matches.subcommand_matches("serve"))
+    {
+        config.apply_serve(args, serve);
+    }
+    Ok(())
+}
+
+fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let config = config_file::ConfigFile::load(cli.config.as_deref())?;
+    apply_config(&mut cli, matches, &config)?;
     minerva_core::graph::set_lazy(cli.graph == "on");
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -139,5 +169,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut command, "minerva", &mut std::io::stdout());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file fills what the command line leaves at its defaults; flags win.
+    #[test]
+    fn flags_override_the_config_file_which_overrides_defaults() {
+        let config: config_file::ConfigFile = toml::from_str(
+            "device = \"cuda\"\nkv_dtype = \"int8\"\n[serve]\nport = 1\nhost = \"0.0.0.0\"\n",
+        )
+        .unwrap();
+        let matches = <Cli as clap::CommandFactory>::command()
+            .try_get_matches_from(["minerva", "--device", "cpu", "serve", "--port", "9"])
+            .unwrap();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap();
+        apply_config(&mut cli, &matches, &config).unwrap();
+        assert_eq!(
+            (cli.device.as_str(), cli.kv_dtype.as_str()),
+            ("cpu", "int8")
+        );
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            (args.host.as_str(), args.port, args.max_queue),
+            ("0.0.0.0", 9, 64)
+        );
     }
 }
