@@ -49,6 +49,7 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
                 "bytes": bytes,
             });
             println!("{row}");
+            continue;
         }
         rows.push([
             m.name.clone(),

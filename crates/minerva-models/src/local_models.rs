@@ -157,10 +157,7 @@ impl Caches {
             for gguf in &ggufs {
                 let name = match ggufs.len() {
                     1 => repo.clone(),
-                    _ => format!(
-                        "{repo}/{}",
-                        gguf.file_name().unwrap_or_default().to_string_lossy()
-                    ),
+                    _ => format!("{repo}/{}", file_name(gguf)),
                 };
                 found.push(LocalModel {
                     name,
@@ -222,10 +219,7 @@ fn snapshot(folder: &Path, revision: Option<&str>) -> Result<PathBuf> {
     if let ([only], None) = (all.as_slice(), revision) {
         return Ok(only.clone());
     }
-    let names: Vec<String> = all
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let names: Vec<String> = all.iter().map(|p| file_name(p)).collect();
     Err(ModelError::config(
         folder,
         format!(
@@ -252,10 +246,7 @@ fn model_in(snapshot: &Path, spec: &str) -> Result<PathBuf> {
             format!("{spec} holds no config.json and no .gguf file"),
         )),
         several => {
-            let names: Vec<String> = several
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
+            let names: Vec<String> = several.iter().map(|p| file_name(p)).collect();
             Err(ModelError::config(
                 snapshot,
                 format!(
@@ -273,6 +264,14 @@ fn ggufs_in(folder: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
         .collect()
+}
+
+/// The last component of `path` (a folder entry: it has one), for messages and names.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A folder's entries, sorted (none where it cannot be read).

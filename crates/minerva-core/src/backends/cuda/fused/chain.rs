@@ -18,7 +18,7 @@ use cudarc::driver::{result as cu, sys};
 
 use super::super::ops::{warp_rows_weight, LinearPtrs, WeightArg};
 use super::super::CudaDevice;
-use super::Gen;
+use super::{buffer_args, Gen};
 use crate::graph::{Op, Plan};
 use crate::Result;
 
@@ -99,7 +99,7 @@ pub(super) fn chains(plan: &Plan, format: &dyn Fn(usize) -> Option<&'static str>
         if !kq.products {
             continue;
         }
-        let mut dots = Vec::new();
+        let (mut dots, mut weights) = (Vec::new(), Vec::new());
         let mut x = 0;
         for step in &kq.steps {
             let Op::Product { x: input, w, bias } = step.op else {
@@ -108,6 +108,7 @@ pub(super) fn chains(plan: &Plan, format: &dyn Fn(usize) -> Option<&'static str>
             x = input.index();
             let Some(f) = format(w.index()) else { break };
             dots.push((step.node, f, bias.map(|b| b.index())));
+            weights.push(w.index());
         }
         if dots.len() != kq.steps.len() {
             continue;
@@ -147,14 +148,6 @@ pub(super) fn chains(plan: &Plan, format: &dyn Fn(usize) -> Option<&'static str>
         }
         let members: Vec<usize> = prologue.into_iter().chain([q]).chain(epilogue).collect();
         let inside = |n: usize| members.iter().any(|&m| kernels[m].nodes.contains(&n));
-        let weights: Vec<usize> = kq
-            .steps
-            .iter()
-            .filter_map(|s| match s.op {
-                Op::Product { w, .. } => Some(w.index()),
-                _ => None,
-            })
-            .collect();
         let mut reads: Vec<usize> = Vec::new();
         for &m in &members {
             for &r in &kernels[m].reads {
@@ -338,13 +331,8 @@ pub(super) fn run(
     if tokens == 0 {
         return Ok(true);
     }
-    let mut buffers: Vec<u64> = c
-        .reads
-        .iter()
-        .chain(&c.writes)
-        .map(|&n| address(n))
-        .collect::<Result<_>>()?;
-    buffers.extend(plan.kernels[c.products].lead.iter().map(|&l| l as u64));
+    let lead = &plan.kernels[c.products].lead;
+    let mut buffers = buffer_args(&c.reads, &c.writes, lead, address)?;
     let mut tokens_arg = tokens as i32;
     let mut params: Vec<*mut c_void> = buffers.iter_mut().map(|a| (a as *mut u64).cast()).collect();
     params.extend(weights.iter_mut().map(|w| (w as *mut WeightArg).cast()));

@@ -621,46 +621,55 @@ fn run_kernel(
     if rows * width == 0 {
         return Ok(());
     }
-    {
-        let mut args: Vec<u64> = kernel
-            .reads
-            .iter()
-            .chain(&kernel.writes)
-            .map(|&r| address(r))
-            .collect::<Result<_>>()?;
-        args.extend(kernel.lead.iter().map(|&l| l as u64));
-        let mut params: Vec<*mut std::ffi::c_void> =
-            args.iter_mut().map(|a| (a as *mut u64).cast()).collect();
-        let most = 4 * dev.multiprocessors as usize;
-        let (blocks, threads) = if kernel.reduces {
-            let threads = width.next_multiple_of(32).clamp(32, 256);
-            (rows.min(most), threads)
-        } else {
-            ((rows * width).div_ceil(256).clamp(1, most), 256)
-        };
-        let name = if kernel.reduces {
-            "graph row pass"
-        } else {
-            "graph flat pass"
-        };
-        dev.profiled(name, || {
-            // SAFETY: `fused_k` takes one pointer per read, then one per write, then the
-            // leading axes' sizes (64-bit), as `params` holds; every pointer addresses a live
-            // buffer (the inputs, the outputs, or the arena, which goes back to the pool
-            // only after the queued kernels, as every pooled buffer does).
-            unsafe {
-                cu::launch_kernel(
-                    module.functions[k].expect("generated for a pass"),
-                    (blocks as u32, 1, 1),
-                    (threads as u32, 1, 1),
-                    0,
-                    dev.stream,
-                    &mut params,
-                )
-            }
-            .map_err(|e| dev.err("launching a graph kernel", e))
-        })
-    }
+    let mut args = buffer_args(&kernel.reads, &kernel.writes, &kernel.lead, address)?;
+    let mut params: Vec<*mut std::ffi::c_void> =
+        args.iter_mut().map(|a| (a as *mut u64).cast()).collect();
+    let most = 4 * dev.multiprocessors as usize;
+    let (blocks, threads) = if kernel.reduces {
+        let threads = width.next_multiple_of(32).clamp(32, 256);
+        (rows.min(most), threads)
+    } else {
+        ((rows * width).div_ceil(256).clamp(1, most), 256)
+    };
+    let name = if kernel.reduces {
+        "graph row pass"
+    } else {
+        "graph flat pass"
+    };
+    dev.profiled(name, || {
+        // SAFETY: `fused_k` takes one pointer per read, then one per write, then the
+        // leading axes' sizes (64-bit), as `params` holds; every pointer addresses a live
+        // buffer (the inputs, the outputs, or the arena, which goes back to the pool only
+        // after the queued kernels, as every pooled buffer does).
+        unsafe {
+            cu::launch_kernel(
+                module.functions[k].expect("generated for a pass"),
+                (blocks as u32, 1, 1),
+                (threads as u32, 1, 1),
+                0,
+                dev.stream,
+                &mut params,
+            )
+        }
+        .map_err(|e| dev.err("launching a graph kernel", e))
+    })
+}
+
+/// The leading 64-bit arguments of every generated kernel: the addresses of the buffers
+/// it reads, then of those it writes, then the sizes of the domain's leading axes.
+fn buffer_args(
+    reads: &[usize],
+    writes: &[usize],
+    lead: &[usize],
+    address: &dyn Fn(usize) -> Result<u64>,
+) -> Result<Vec<u64>> {
+    let mut args: Vec<u64> = reads
+        .iter()
+        .chain(writes)
+        .map(|&n| address(n))
+        .collect::<Result<_>>()?;
+    args.extend(lead.iter().map(|&l| l as u64));
+    Ok(args)
 }
 
 /// The operands of a kernel of products of one input.
