@@ -56,7 +56,7 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
             format,
             quantization,
             architecture,
-            size(bytes),
+            human_size(bytes),
         ]);
     }
     if args.json {
@@ -80,7 +80,8 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn size(bytes: u64) -> String {
+/// `bytes` for people: GB from 1 GiB on, else MB.
+pub(crate) fn human_size(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / 1e9),
         b => format!("{:.0} MB", b as f64 / 1e6),

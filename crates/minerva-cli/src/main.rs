@@ -10,6 +10,7 @@ mod ls;
 mod model_path;
 mod options;
 mod perplexity;
+mod pull;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Convert an HF safetensors checkpoint (--model) to MLX format, quantized as mlx does
     Convert(convert::ConvertArgs),
+    /// Download a model from the Hugging Face hub into its cache (resumable, verified;
+    /// HF_TOKEN and HF_ENDPOINT honoured), for --model ORG/NAME
+    Pull(pull::PullArgs),
     /// List the models --model finds by name (Minerva's cache, the Hugging Face cache)
     Ls(ls::LsArgs),
     /// Print a shell completion script (e.g. `minerva completions bash > ~/.local/share/bash-completion/completions/minerva`)
@@ -163,6 +167,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(&choice, &args),
         Command::Perplexity(args) => perplexity::perplexity(&choice, &args),
         Command::Convert(args) => convert::convert(model, &args),
+        Command::Pull(args) => pull::pull(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -46,21 +46,24 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Hugging Face's home folder (the hub cache and the login token live there): `$HF_HOME`,
+/// else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`, as huggingface_hub
+/// finds it.
+pub fn hf_home() -> PathBuf {
+    env_path("HF_HOME").unwrap_or_else(|| {
+        env_path("XDG_CACHE_HOME")
+            .or_else(|| env_path("HOME").map(|h| h.join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("huggingface")
+    })
+}
+
 impl Caches {
     /// The caches the environment names: the hub cache is `$HF_HUB_CACHE`, else
-    /// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
-    /// `~/.cache/huggingface/hub` (as huggingface_hub finds it); Minerva's is
+    /// [`hf_home`]`/hub` (as huggingface_hub finds it); Minerva's is
     /// [`minerva_home`]`/models`.
     pub fn from_env() -> Caches {
-        let hub = env_path("HF_HUB_CACHE")
-            .or_else(|| env_path("HF_HOME").map(|h| h.join("hub")))
-            .unwrap_or_else(|| {
-                env_path("XDG_CACHE_HOME")
-                    .or_else(|| env_path("HOME").map(|h| h.join(".cache")))
-                    .unwrap_or_else(|| PathBuf::from("."))
-                    .join("huggingface")
-                    .join("hub")
-            });
+        let hub = env_path("HF_HUB_CACHE").unwrap_or_else(|| hf_home().join("hub"));
         Caches {
             hub,
             minerva: minerva_home().join("models"),
@@ -169,16 +172,20 @@ impl Caches {
     }
 }
 
-/// `ORG/NAME[@REVISION][/FILE]`.
-struct RepoSpec<'a> {
-    org: &'a str,
-    name: &'a str,
-    revision: Option<&'a str>,
-    file: Option<&'a str>,
+/// A hub repository by name: `ORG/NAME[@REVISION][/FILE]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepoSpec<'a> {
+    pub org: &'a str,
+    pub name: &'a str,
+    /// A branch, tag or commit.
+    pub revision: Option<&'a str>,
+    /// A path inside the repository.
+    pub file: Option<&'a str>,
 }
 
 impl<'a> RepoSpec<'a> {
-    fn parse(spec: &'a str) -> Option<RepoSpec<'a>> {
+    /// `None` where `spec` is not of that form.
+    pub fn parse(spec: &'a str) -> Option<RepoSpec<'a>> {
         let (org, rest) = spec.split_once('/')?;
         let (repo, file) = match rest.split_once('/') {
             Some((repo, file)) => (repo, Some(file)),
@@ -198,8 +205,13 @@ impl<'a> RepoSpec<'a> {
     }
 
     /// The repository's folder in the hub cache.
-    fn folder(&self) -> String {
+    pub fn folder(&self) -> String {
         format!("models--{}--{}", self.org, self.name)
+    }
+
+    /// `ORG/NAME`, as the hub's URLs name the repository.
+    pub fn repo_id(&self) -> String {
+        format!("{}/{}", self.org, self.name)
     }
 }
 
