@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
+use crate::backends::backend;
 use crate::backends::cuda::{self, DeviceBuffer};
 use crate::graph::lazy::Pending;
 use crate::{DType, Error, Result};
@@ -37,15 +38,14 @@ impl Device {
     /// an error that says why (no driver, driver too old, no such device).
     pub fn choose(spec: &str) -> Result<Device> {
         if spec == "auto" {
-            return Ok(match cuda::device(0) {
-                Ok(_) => Device::Cuda(0),
+            let gpu = Device::Cuda(0);
+            return Ok(match backend(gpu).open(gpu) {
+                Ok(()) => gpu,
                 Err(_) => Device::Cpu,
             });
         }
         let device: Device = spec.parse()?;
-        if let Device::Cuda(n) = device {
-            cuda::device(n)?;
-        }
+        backend(device).open(device)?;
         Ok(device)
     }
 }

@@ -6,37 +6,24 @@
 //! they record and fuse, and compute when something reads them; attention, RoPE and the
 //! rest run as they are called, reading their inputs (and so computing what they need).
 
-use half::{bf16, f16};
-
-use crate::backends::cpu::linear::{halves, multiplies};
-use crate::backends::cpu::{dense, elementwise, grouped, quant, sampling};
-use crate::backends::cuda::ops as gpu;
+use crate::backends::backend_of;
+use crate::backends::cpu::linear::multiplies;
+use crate::backends::cpu::{dense, elementwise};
 use crate::graph::{lazy, Binary, Graph, NodeId, Reduce, Unary};
-use crate::{Array, DType, Device, Error, Result};
+use crate::{Array, DType, Error, Result};
 
 mod experts;
 mod paged;
 mod sample_settings;
 pub use experts::{mixture_of_experts, ExpertGateUp, SwigluExperts};
 pub(crate) use paged::copy_prefix;
+pub(crate) use paged::TableDims;
 pub use paged::{paged_attention, write_kv_pages};
 pub(crate) use sample_settings::MAX_TOP_K;
 pub use sample_settings::{Draw, SampleSettings};
 
-fn shape_err<T>(msg: String) -> Result<T> {
+pub(crate) fn shape_err<T>(msg: String) -> Result<T> {
     Err(Error::Shape(msg))
-}
-
-/// Whether `op`'s arguments are on a GPU (all of them) or in host memory (all of them).
-fn on_gpu(op: &str, arrays: &[&Array]) -> Result<bool> {
-    let first = arrays.first().map_or(Device::Cpu, |a| a.device());
-    if let Some(other) = arrays.iter().find(|a| a.device() != first) {
-        return Err(Error::Device(format!(
-            "{op}: arguments on {first} and {}",
-            other.device()
-        )));
-    }
-    Ok(first != Device::Cpu)
 }
 
 fn expect_f32(op: &str, a: &Array) -> Result<()> {
@@ -51,7 +38,7 @@ fn expect_f32(op: &str, a: &Array) -> Result<()> {
 pub fn linear(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
     let mut args = vec![x, w];
     args.extend(bias);
-    on_gpu("linear", &args)?;
+    backend_of("linear", &args)?;
     if !multiplies(w.dtype()) {
         return Err(Error::Unsupported(format!(
             "linear with {} weights",
@@ -89,57 +76,22 @@ pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
 
 /// Rows `ids` of `table` (`[vocab, d]`, any weight dtype) as `[ids.len(), d]` f32.
 pub fn embedding(table: &Array, ids: &Array) -> Result<Array> {
-    let [vocab, d] = *table.shape() else {
+    let [vocab, _] = *table.shape() else {
         return shape_err(format!(
             "embedding table must be 2-D, got {:?}",
             table.shape()
         ));
     };
-    if on_gpu("embedding", &[table])? {
-        if ids.device() == table.device() {
-            return gpu::embedding(table, ids);
-        }
-        check_ids(ids.as_i32()?, vocab)?;
-        return gpu::embedding(table, &ids.to_device(table.device())?);
+    let backend = backend_of("embedding", &[table])?;
+    if ids.device() == table.device() {
+        return backend.embedding(table, ids);
     }
-    let ids = ids.as_i32()?;
-    check_ids(ids, vocab)?;
-    let grouped = match table.dtype().has_group_params() {
-        true => Some(grouped::GroupedView::of(table)?),
-        false => None,
-    };
-    let row_bytes = table
-        .dtype()
-        .bytes_for(d)
-        .expect("table shape was validated");
-    let bytes = table.host_bytes()?;
-    let mut out = Array::zeros(DType::F32, &[ids.len(), d])?;
-    let o = out.as_f32_mut()?;
-    for (&id, dst) in ids.iter().zip(o.chunks_exact_mut(d)) {
-        let id = id as usize;
-        if let Some(g) = &grouped {
-            g.dequantize_row(id, dst);
-            continue;
-        }
-        let row = &bytes[id * row_bytes..(id + 1) * row_bytes];
-        match table.dtype() {
-            DType::F32 => dst.copy_from_slice(&halves::<f32>(row)),
-            DType::F16 => dst
-                .iter_mut()
-                .zip(halves::<f16>(row).iter())
-                .for_each(|(o, v)| *o = v.to_f32()),
-            DType::BF16 => dst
-                .iter_mut()
-                .zip(halves::<bf16>(row).iter())
-                .for_each(|(o, v)| *o = v.to_f32()),
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => quant::dequantize(table.dtype(), row, dst),
-            other => return Err(Error::Unsupported(format!("embedding with {other} table"))),
-        }
-    }
-    Ok(out)
+    // Ids from the host are checked there, then moved.
+    check_ids(ids.as_i32()?, vocab)?;
+    backend.embedding(table, &ids.to_device(table.device())?)
 }
 
-fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
+pub(crate) fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
     match ids
         .iter()
         .find(|&&id| !usize::try_from(id).is_ok_and(|i| i < vocab))
@@ -215,7 +167,7 @@ pub struct Rope {
 
 /// Applies `rope` to `x` (`[tokens, heads, head_dim]`) at `positions` (`[tokens]` i32).
 pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
-    let [tokens, heads, head_dim] = *x.shape() else {
+    let [tokens, _, head_dim] = *x.shape() else {
         return shape_err(format!(
             "rope input must be [tokens, heads, head_dim], got {:?}",
             x.shape()
@@ -229,22 +181,8 @@ pub fn rope(x: &Array, positions: &Array, rope: &Rope) -> Result<Array> {
             x.shape()
         ));
     }
-    if on_gpu("rope", &[x, positions])? {
-        expect_f32("rope", x)?;
-        return gpu::rope(x, positions, rope);
-    }
-    let pos = positions.as_i32()?;
-    let mut out = x.clone();
-    elementwise::rope(
-        out.as_f32_mut()?,
-        heads,
-        head_dim,
-        pos,
-        &rope.inv_freq,
-        rope.style,
-        rope.mscale,
-    );
-    Ok(out)
+    expect_f32("rope", x)?;
+    backend_of("rope", &[x, positions])?.rope(x, positions, rope)
 }
 
 /// Softmax over the last axis.
@@ -313,17 +251,8 @@ pub fn deinterleave(x: &Array) -> Result<(Array, Array)> {
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a last axis") = d / 2;
-    if on_gpu("deinterleave", &[x])? {
-        expect_f32("deinterleave", x)?;
-        return gpu::deinterleave(x, &shape);
-    }
-    let xs = x.as_f32()?;
-    let even: Vec<f32> = xs.iter().step_by(2).copied().collect();
-    let odd: Vec<f32> = xs.iter().skip(1).step_by(2).copied().collect();
-    Ok((
-        Array::from_f32(&even, &shape)?,
-        Array::from_f32(&odd, &shape)?,
-    ))
+    expect_f32("deinterleave", x)?;
+    backend_of("deinterleave", &[x])?.deinterleave(x, &shape)
 }
 
 /// [`argmax`] of one row already on the host (logits a sampler holds).
@@ -334,18 +263,11 @@ pub fn argmax_row(row: &[f32]) -> usize {
 /// The index of the largest value in each row of `[rows, n]` f32 `x` (ties to the lower
 /// index), as `[rows]` i32: greedy decoding without bringing the logits to the host.
 pub fn argmax(x: &Array) -> Result<Array> {
-    let &[rows, n] = x.shape() else {
+    let &[_, _] = x.shape() else {
         return shape_err(format!("argmax of {:?}: want [rows, n]", x.shape()));
     };
     expect_f32("argmax", x)?;
-    if on_gpu("argmax", &[x])? {
-        return gpu::argmax(x);
-    }
-    let values = x.as_f32()?;
-    let ids: Vec<i32> = (0..rows)
-        .map(|r| elementwise::argmax(&values[r * n..(r + 1) * n]) as i32)
-        .collect();
-    Array::from_i32(&ids, &[rows])
+    backend_of("argmax", &[x])?.argmax(x)
 }
 
 /// One token drawn from each row of `[rows, n]` f32 logits with temperature, top-k, top-p
@@ -353,7 +275,7 @@ pub fn argmax(x: &Array) -> Result<Array> {
 /// every device, are in `backends/cpu/sampling.rs`; a temperature must be positive (greedy
 /// decoding is [`argmax`]).
 pub fn sample(x: &Array, settings: &[SampleSettings], draws: &[Draw]) -> Result<Array> {
-    let &[rows, n] = x.shape() else {
+    let &[rows, _] = x.shape() else {
         return shape_err(format!("sample of {:?}: want [rows, n]", x.shape()));
     };
     expect_f32("sample", x)?;
@@ -373,42 +295,21 @@ pub fn sample(x: &Array, settings: &[SampleSettings], draws: &[Draw]) -> Result<
             s.temperature
         )));
     }
-    if on_gpu("sample", &[x])? {
-        return gpu::sample(x, settings, draws);
-    }
-    let values = x.as_f32()?;
-    let ids: Vec<i32> = (0..rows)
-        .map(|r| sampling::sample_row(&values[r * n..(r + 1) * n], &settings[r], &draws[r]) as i32)
-        .collect();
-    Array::from_i32(&ids, &[rows])
+    backend_of("sample", &[x])?.sample(x, settings, draws)
 }
 
 /// Mixture-of-experts routing: per token (row of `[tokens, experts]` scores), the `k`
 /// highest-scoring experts (highest first, ties to the lower index) and softmax weights over
 /// just those. Returns (`[tokens, k]` i32 expert ids, `[tokens, k]` f32 weights).
 pub fn top_k_softmax(scores: &Array, k: usize) -> Result<(Array, Array)> {
-    let [tokens, experts] = *scores.shape() else {
+    let [_, experts] = *scores.shape() else {
         return shape_err(format!("top_k_softmax: scores {:?}", scores.shape()));
     };
     if k == 0 || k > experts {
         return shape_err(format!("top_k_softmax: top {k} of {experts}"));
     }
-    if on_gpu("top_k_softmax", &[scores])? {
-        expect_f32("top_k_softmax", scores)?;
-        return gpu::top_k_softmax(scores, k);
-    }
-    let mut ids = Vec::with_capacity(tokens * k);
-    let mut weights = Vec::with_capacity(tokens * k);
-    for row in scores.as_f32()?.chunks_exact(experts) {
-        for (e, w) in elementwise::top_k_softmax(row, k) {
-            ids.push(e as i32);
-            weights.push(w);
-        }
-    }
-    Ok((
-        Array::from_i32(&ids, &[tokens, k])?,
-        Array::from_f32(&weights, &[tokens, k])?,
-    ))
+    expect_f32("top_k_softmax", scores)?;
+    backend_of("top_k_softmax", &[scores])?.top_k_softmax(scores, k)
 }
 
 /// Gathered products (mixture-of-experts experts): for each token `t` and slot `s`,
@@ -437,44 +338,14 @@ pub fn gather_linear(x: &Array, w: &Array, bias: Option<&Array>, ids: &Array) ->
     }
     let mut args = vec![x, w, ids];
     args.extend(bias);
-    if on_gpu("gather_linear", &args)? {
-        expect_f32("gather_linear", x)?;
-        return gpu::gather_linear(x, w, bias, ids);
-    }
-    let per_slot = x.shape().len() == 3;
-    let chosen = ids.as_i32()?;
-    if let Some(&e) = chosen.iter().find(|&&e| e < 0 || e as usize >= experts) {
-        return shape_err(format!("gather_linear: expert {e} of {experts}"));
-    }
-    // Each expert runs once over all the (token, slot) pairs routed to it.
-    let xs = x.as_f32()?;
-    let mut out = vec![0.0f32; tokens * slots * n];
-    for e in 0..experts {
-        let pairs: Vec<usize> = (0..tokens * slots)
-            .filter(|&p| chosen[p] as usize == e)
-            .collect();
-        if pairs.is_empty() {
-            continue;
-        }
-        let mut rows = Vec::with_capacity(pairs.len() * k);
-        for &p in &pairs {
-            let r = if per_slot { p } else { p / slots };
-            rows.extend_from_slice(&xs[r * k..(r + 1) * k]);
-        }
-        let rows = Array::from_f32(&rows, &[pairs.len(), k])?;
-        let bias_e = bias.map(|b| b.index(e)).transpose()?;
-        let y = linear(&rows, &w.index(e)?, bias_e.as_ref())?;
-        for (&p, yr) in pairs.iter().zip(y.as_f32()?.chunks_exact(n)) {
-            out[p * n..(p + 1) * n].copy_from_slice(yr);
-        }
-    }
-    Array::from_f32(&out, &[tokens, slots, n])
+    expect_f32("gather_linear", x)?;
+    backend_of("gather_linear", &args)?.gather_linear(x, w, bias, ids)
 }
 
 /// `Σ_s weights[t, s] * y[t, s]`: `y` is `[tokens, slots, d]`, `weights` `[tokens, slots]`;
 /// returns `[tokens, d]` (the experts' outputs mixed).
 pub fn weighted_sum(y: &Array, weights: &Array) -> Result<Array> {
-    let (&[tokens, slots, d], w_shape) = (y.shape(), weights.shape()) else {
+    let (&[tokens, slots, _], w_shape) = (y.shape(), weights.shape()) else {
         return shape_err(format!("weighted_sum: y {:?}", y.shape()));
     };
     if w_shape != [tokens, slots] {
@@ -483,21 +354,9 @@ pub fn weighted_sum(y: &Array, weights: &Array) -> Result<Array> {
             y.shape()
         ));
     }
-    if on_gpu("weighted_sum", &[y, weights])? {
-        expect_f32("weighted_sum", y)?;
-        expect_f32("weighted_sum", weights)?;
-        return gpu::weighted_sum(y, weights);
-    }
-    let (ys, ws) = (y.as_f32()?, weights.as_f32()?);
-    let mut out = vec![0.0f32; tokens * d];
-    for (t, o) in out.chunks_exact_mut(d).enumerate() {
-        for s in 0..slots {
-            let w = ws[t * slots + s];
-            let row = &ys[(t * slots + s) * d..(t * slots + s + 1) * d];
-            o.iter_mut().zip(row).for_each(|(o, &v)| *o += w * v);
-        }
-    }
-    Array::from_f32(&out, &[tokens, d])
+    expect_f32("weighted_sum", y)?;
+    expect_f32("weighted_sum", weights)?;
+    backend_of("weighted_sum", &[y, weights])?.weighted_sum(y, weights)
 }
 
 /// `w` (dense f32, f16 or bf16, `[.., k]`) quantized along its last axis to `dtype` (MLX
@@ -534,22 +393,9 @@ pub fn transpose_last2(x: &Array) -> Result<Array> {
     if rank < 2 || x.dtype().is_quantized() {
         return shape_err(format!("transpose_last2: {} {:?}", x.dtype(), x.shape()));
     }
-    let (a, b) = (x.dim(-2), x.dim(-1));
     let mut shape = x.shape().to_vec();
     shape.swap(rank - 2, rank - 1);
-    if on_gpu("transpose_last2", &[x])? {
-        return gpu::transpose_last2(x, &shape);
-    }
-    let xs = x.to_f32_vec()?;
-    let mut out = vec![0.0f32; xs.len()];
-    for (src, dst) in xs.chunks_exact(a * b).zip(out.chunks_exact_mut(a * b)) {
-        for i in 0..a {
-            for j in 0..b {
-                dst[j * a + i] = src[i * b + j];
-            }
-        }
-    }
-    Array::from_f32(&out, &shape)
+    backend_of("transpose_last2", &[x])?.transpose_last2(x, &shape)
 }
 
 /// Rows `start..start + len` of the first axis (a view; nothing is copied).

@@ -15,7 +15,7 @@ use minerva_models::{load_model, KvCache, Logits};
 
 /// The tiny gpt-oss on the GPU, or `None` (said on stderr) without one.
 fn tiny_gpt_oss(test: &str) -> Option<Box<dyn minerva_models::CausalLm>> {
-    if let Err(e) = minerva_core::backends::cuda::device(0) {
+    if let Err(e) = minerva_core::Device::choose("cuda") {
         eprintln!("SKIPPED {test}: no usable GPU ({e})");
         return None;
     }

@@ -53,7 +53,7 @@ fn max_abs(v: &[f32]) -> f32 {
 
 #[test]
 fn long_prompts_match_the_cpu() {
-    if let Err(e) = minerva_core::backends::cuda::device(0) {
+    if let Err(e) = minerva_core::Device::choose("cuda") {
         eprintln!("SKIPPED long_prompts_match_the_cpu: no usable GPU ({e})");
         return;
     }

@@ -108,7 +108,7 @@ fn greedy_decoding_agrees_with_llama_cpp() {
 /// them to 8 bits as llama.cpp does, so it is held to llama.cpp, not to our CPU output).
 #[test]
 fn greedy_decoding_on_cuda_agrees_with_llama_cpp() {
-    if let Err(e) = minerva_core::backends::cuda::device(0) {
+    if let Err(e) = minerva_core::Device::choose("cuda") {
         eprintln!("SKIPPED greedy_decoding_on_cuda_agrees_with_llama_cpp: no usable GPU ({e})");
         return;
     }

@@ -136,7 +136,7 @@ fn check_against(
 /// The same references on the GPU, with the same bounds (f32 activations there too).
 #[test]
 fn tiny_models_on_cuda_match_transformers() {
-    if let Err(e) = minerva_core::backends::cuda::device(0) {
+    if let Err(e) = minerva_core::Device::choose("cuda") {
         eprintln!("SKIPPED tiny_models_on_cuda_match_transformers: no usable GPU ({e})");
         return;
     }

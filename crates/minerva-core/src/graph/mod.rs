@@ -24,7 +24,6 @@ pub use lazy::{
 };
 pub use memory::{Buffer, MemoryPlan};
 
-use crate::backends::{cpu, cuda};
 use crate::{Array, Device, Error, Result};
 
 /// A node of a [`Graph`] (its index).
@@ -260,30 +259,7 @@ pub fn run(plan: &Plan, inputs: &[&Array]) -> Result<Vec<Array>> {
             other.device()
         )));
     }
-    match device {
-        Device::Cpu => {
-            // Weights (any dtype) are read as arrays, by the products.
-            let slices: Vec<&[f32]> = inputs
-                .iter()
-                .map(|a| match a.dtype() {
-                    crate::DType::F32 if a.quant().is_none() => a.as_f32(),
-                    _ => Ok(&[][..]),
-                })
-                .collect::<Result<_>>()?;
-            let mut outputs: Vec<Array> = plan
-                .outputs
-                .iter()
-                .map(|&o| Array::zeros(crate::DType::F32, &plan.nodes[o].shape))
-                .collect::<Result<_>>()?;
-            let mut values: Vec<&mut [f32]> = outputs
-                .iter_mut()
-                .map(|a| a.as_f32_mut())
-                .collect::<Result<_>>()?;
-            cpu::fused::run_plan_into(plan, &slices, inputs, &mut values, false)?;
-            Ok(outputs)
-        }
-        Device::Cuda(n) => cuda::fused::run_plan(&cuda::device(n)?, plan, inputs),
-    }
+    crate::backends::backend(device).run_plan(device, plan, inputs)
 }
 
 /// NumPy broadcasting of two shapes, or `None`.

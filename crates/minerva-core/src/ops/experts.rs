@@ -2,7 +2,8 @@
 //! reads each chosen expert's gate and up rows in one pass and its down rows with the mixing
 //! in another); elsewhere it is the composition of the plain ops.
 
-use super::{clamped_swiglu, deinterleave, gather_linear, gpu, on_gpu, shape_err, weighted_sum};
+use super::{clamped_swiglu, deinterleave, gather_linear, shape_err, weighted_sum};
+use crate::backends::backend_of;
 use crate::{Array, DType, Result};
 
 /// The gate and up projections of a stack of SwiGLU experts, as checkpoints store them.
@@ -48,10 +49,9 @@ pub fn mixture_of_experts(
             weights.shape()
         ));
     }
-    if on_gpu("mixture_of_experts", &[x, ids, weights, experts.down])? {
-        if let Some(mixed) = gpu::mixture_of_experts(x, experts, ids, weights)? {
-            return Ok(mixed);
-        }
+    let backend = backend_of("mixture_of_experts", &[x, ids, weights, experts.down])?;
+    if let Some(mixed) = backend.mixture_of_experts(x, experts, ids, weights)? {
+        return Ok(mixed);
     }
     // [tokens, k, inter] each: every token through each of its chosen experts.
     let (gate, up) = match experts.gate_up {

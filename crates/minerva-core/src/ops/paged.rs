@@ -1,18 +1,16 @@
 //! Ops on a paged KV cache ([`KvPages`] addressed through a [`PageTable`]): writing a pass's
 //! keys and values, and attending over them.
 
-use half::f16;
+use super::{expect_f32, shape_err, AttentionOptions};
+use crate::backends;
+use crate::{Array, DType, Error, KvPages, PageTable, Result};
 
-use super::{expect_f32, on_gpu, shape_err, AttentionOptions};
-use crate::backends::cpu::attention::{self as cpu_attention, AttentionArgs};
-use crate::backends::cpu::kv_rows::{KvRows, KvRowsMut};
-use crate::backends::cuda::ops as gpu;
-use crate::{Array, DType, Error, KvDType, KvPages, PageTable, Result};
-
-/// The checked sizes of a table, on any device.
-struct TableDims {
-    seqs: usize,
-    width: usize,
+/// The checked sizes of a pass's page tables, on any device.
+pub(crate) struct TableDims {
+    /// Sequences (rows of the tables).
+    pub seqs: usize,
+    /// Pages per sequence (columns).
+    pub width: usize,
 }
 
 /// Checks the table's arrays against `tokens`.
@@ -47,96 +45,6 @@ fn table_dims(
     Ok(TableDims { seqs, width })
 }
 
-/// On the host, checks that every token's sequence exists and that the pages holding
-/// positions `first(t)..=positions[t]` of it are in the pool; for attention (`ring`), also
-/// that a sequence's span in this pass fits its table (a ring narrower than that would have
-/// overwritten keys an earlier query of the pass still sees).
-fn check_host_table(
-    op: &str,
-    table: PageTable<'_>,
-    dims: &TableDims,
-    positions: &[i32],
-    pages: &KvPages,
-    first: impl Fn(usize) -> usize,
-) -> Result<()> {
-    let (tables, seq_of) = (table.tables.as_i32()?, table.seq_of.as_i32()?);
-    let ps = pages.page_size();
-    let span = dims.width * ps;
-    let mut t = 0;
-    for &run in table.runs {
-        let seq = seq_of[t];
-        let lo = first(positions[t].max(0) as usize);
-        for t in t..t + run {
-            let (s, p) = (seq_of[t], positions[t]);
-            if s != seq || s < 0 || s as usize >= dims.seqs || p < 0 {
-                return shape_err(format!(
-                    "{op}: token {t} of sequence {s} at position {p} in a run of sequence {seq} ({} sequences)",
-                    dims.seqs
-                ));
-            }
-            let pos = p as usize;
-            if pos + 1 > lo + span {
-                return shape_err(format!(
-                    "{op}: sequence {s} spans positions {lo}..={pos}, more than its {} pages hold",
-                    dims.width
-                ));
-            }
-            for j in (first(pos) / ps)..=(pos / ps) {
-                let page = tables[s as usize * dims.width + j % dims.width];
-                if page < 0 || page as usize >= pages.pages() {
-                    return shape_err(format!(
-                        "{op}: sequence {s} position {pos} in page {page} of {}",
-                        pages.pages()
-                    ));
-                }
-            }
-        }
-        t += run;
-    }
-    Ok(())
-}
-
-fn host_rows(pages: &KvPages) -> Result<KvRows<'_>> {
-    let codes = pages.codes();
-    let params = || -> Result<&[f16]> {
-        pages
-            .params()
-            .expect("integer pages have parameters")
-            .as_f16()
-    };
-    Ok(match pages.dtype() {
-        KvDType::F32 => KvRows::F32(codes.as_f32()?),
-        KvDType::F16 => KvRows::F16(codes.as_f16()?),
-        KvDType::Int8 => KvRows::Int8 {
-            codes: codes.host_bytes()?,
-            params: params()?,
-        },
-        KvDType::Int4 => KvRows::Int4 {
-            codes: codes.host_bytes()?,
-            params: params()?,
-        },
-    })
-}
-
-fn host_rows_mut(pages: &mut KvPages) -> Result<KvRowsMut<'_>> {
-    let dtype = pages.dtype();
-    let (codes, params) = pages.parts_mut();
-    let params = params.map(Array::as_f16_mut).transpose()?;
-    Ok(match (dtype, params) {
-        (KvDType::F32, _) => KvRowsMut::F32(codes.as_f32_mut()?),
-        (KvDType::F16, _) => KvRowsMut::F16(codes.as_f16_mut()?),
-        (KvDType::Int8, Some(params)) => KvRowsMut::Int8 {
-            codes: codes.host_bytes_mut()?,
-            params,
-        },
-        (KvDType::Int4, Some(params)) => KvRowsMut::Int4 {
-            codes: codes.host_bytes_mut()?,
-            params,
-        },
-        _ => unreachable!("integer pages have parameters"),
-    })
-}
-
 /// Writes `new` (`[tokens, kv_heads, head_dim]` f32) into `pages`, each token at its
 /// position in its sequence (quantizing it for the integer dtypes).
 pub fn write_kv_pages(
@@ -155,27 +63,11 @@ pub fn write_kv_pages(
     }
     let dims = table_dims("write_kv_pages", table, positions, tokens)?;
     expect_f32("write_kv_pages", new)?;
-    if on_gpu(
+    backends::backend_of(
         "write_kv_pages",
         &[pages.codes(), table.tables, table.seq_of, positions, new],
-    )? {
-        return gpu::write_kv_pages(pages, table, positions, new);
-    }
-    let pos = positions.as_i32()?;
-    check_host_table("write_kv_pages", table, &dims, pos, pages, |p| p)?;
-    let (tables, seq_of) = (table.tables.as_i32()?, table.seq_of.as_i32()?);
-    let ps = pages.page_size();
-    let src = new.as_f32()?;
-    let mut rows = host_rows_mut(pages)?;
-    for (t, (&s, &p)) in seq_of.iter().zip(pos).enumerate() {
-        let (s, p) = (s as usize, p as usize);
-        let page = tables[s * dims.width + (p / ps) % dims.width] as usize;
-        for h in 0..kv_heads {
-            let row = (page * kv_heads + h) * ps + p % ps;
-            rows.store(row, &src[(t * kv_heads + h) * head_dim..][..head_dim]);
-        }
-    }
-    Ok(())
+    )?
+    .write_kv_pages(pages, table, &dims, positions, new)
 }
 
 /// Causal grouped-query attention of `q` (`[tokens, heads, head_dim]` f32, each token at its
@@ -229,33 +121,10 @@ pub fn paged_attention(
         positions,
     ];
     args.extend(opts.sinks);
-    if on_gpu("paged_attention", &args)? {
-        // Positions and tables on the device were made by the engine for this pass; the
-        // kernels clamp them into the pool instead of reading them back here.
-        return gpu::paged_attention(q, k, v, table, positions, opts);
-    }
-    let pos = positions.as_i32()?;
-    let window = opts.window;
-    let first = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
-    check_host_table("paged_attention", table, &dims, pos, k, first)?;
-    let args = AttentionArgs {
-        k: host_rows(k)?,
-        v: host_rows(v)?,
-        kv_heads,
-        page_size: k.page_size(),
-        tables: table.tables.as_i32()?,
-        width: dims.width,
-        seq_of: table.seq_of.as_i32()?,
-        runs: table.runs,
-        positions: pos,
-        window,
-        sinks: opts.sinks.map(Array::as_f32).transpose()?,
-        scale: opts.scale,
-        half_products: k.dtype().half_products(),
-    };
-    let mut out = Array::zeros(DType::F32, &[tokens, heads * head_dim])?;
-    cpu_attention::attention(q.as_f32()?, heads, head_dim, &args, out.as_f32_mut()?);
-    Ok(out)
+    // Positions and tables on a device were made by the engine for this pass; its kernels
+    // clamp them into the pool instead of reading them back here.
+    backends::backend_of("paged_attention", &args)?
+        .paged_attention(q, k, v, table, &dims, positions, opts)
 }
 
 /// Copies all of `src` into the start of `dst` (same dtype and trailing axes, `dst` at least
@@ -273,17 +142,13 @@ pub(crate) fn copy_prefix(src: &Array, dst: &mut Array) -> Result<()> {
             dst.shape()
         ));
     }
-    let bytes = src.nbytes();
-    if on_gpu("copy_prefix", &[src, dst])? {
-        return gpu::copy_strided(src, dst, 1, bytes, 0, 0);
-    }
-    dst.host_bytes_mut()?[..bytes].copy_from_slice(src.host_bytes()?);
-    Ok(())
+    backends::backend_of("copy_prefix", &[src, dst])?.copy_prefix(src, dst, src.nbytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KvDType;
 
     fn arr(v: &[f32], shape: &[usize]) -> Array {
         Array::from_f32(v, shape).unwrap()

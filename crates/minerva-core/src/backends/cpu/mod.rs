@@ -1,17 +1,21 @@
 //! CPU kernels: rayon for threads, AVX2+FMA / NEON where it matters, scalar fallbacks.
 
 pub mod attention;
+mod backend;
 pub mod dense;
 pub mod elementwise;
 pub mod fused;
 pub mod grouped;
 pub mod kv_rows;
 pub mod linear;
+mod paged;
 pub mod quant;
 pub mod quantize;
 pub mod sampling;
 
 use std::ops::Range;
+
+pub(crate) use backend::Cpu;
 
 use rayon::prelude::*;
 

@@ -6,6 +6,7 @@
 //! goes to the device's one stream in order, so a buffer returned to the pool may be handed
 //! out again at once: every later use is queued behind every earlier one.
 
+mod backend;
 mod blas;
 mod compile;
 pub(crate) mod fused;
@@ -24,6 +25,7 @@ use cudarc::driver::{result as cu, sys, CudaContext};
 use crate::device_stats::KernelTime;
 use crate::{Error, Result};
 
+pub(crate) use backend::Cuda;
 pub use graph::CudaGraph;
 pub(crate) use pool::DeviceBuffer;
 
