@@ -12,6 +12,7 @@ use half::{bf16, f16};
 
 use crate::backends::backend;
 use crate::backends::cuda::{self, DeviceBuffer};
+use crate::backends::wgpu::{self as portable, WgpuBuffer};
 use crate::graph::lazy::Pending;
 use crate::{DType, Error, Result};
 
@@ -21,6 +22,8 @@ pub enum Device {
     Cpu,
     /// The CUDA GPU of this ordinal.
     Cuda(usize),
+    /// The wgpu adapter of this ordinal (Vulkan, Metal or DX12), best first.
+    Wgpu(usize),
 }
 
 impl fmt::Display for Device {
@@ -28,6 +31,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Wgpu(n) => write!(f, "wgpu:{n}"),
         }
     }
 }
@@ -84,8 +88,10 @@ enum Storage {
         offset: usize,
         len: usize,
     },
-    /// GPU memory.
+    /// CUDA GPU memory.
     Cuda(DeviceBuffer),
+    /// A wgpu storage buffer.
+    Wgpu(WgpuBuffer),
     /// A value recorded lazily and not computed yet (`graph::lazy`).
     Pending(Arc<Pending>),
 }
@@ -102,6 +108,7 @@ impl Storage {
         match self {
             Storage::Host { len, .. } | Storage::Mapped { len, .. } => *len,
             Storage::Cuda(b) => b.len(),
+            Storage::Wgpu(b) => b.len(),
             Storage::Pending(_) => 0,
         }
     }
@@ -109,6 +116,7 @@ impl Storage {
     fn device(&self) -> Device {
         match self {
             Storage::Cuda(b) => Device::Cuda(b.device().ordinal()),
+            Storage::Wgpu(b) => Device::Wgpu(b.device().ordinal()),
             Storage::Pending(p) => p.device(),
             _ => Device::Cpu,
         }
@@ -123,7 +131,7 @@ impl Storage {
                 unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), *len) }
             }
             Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-            Storage::Cuda(_) | Storage::Pending(_) => return None,
+            Storage::Cuda(_) | Storage::Wgpu(_) | Storage::Pending(_) => return None,
         })
     }
 
@@ -135,7 +143,9 @@ impl Storage {
                     std::slice::from_raw_parts_mut(chunks.as_mut_ptr().cast::<u8>(), *len)
                 })
             }
-            Storage::Mapped { .. } | Storage::Cuda(_) | Storage::Pending(_) => None,
+            Storage::Mapped { .. } | Storage::Cuda(_) | Storage::Wgpu(_) | Storage::Pending(_) => {
+                None
+            }
         }
     }
 }
@@ -471,14 +481,20 @@ impl Array {
         if !std::ptr::eq(this, self) {
             return this.to_device(device);
         }
+        if self.device() != Device::Cpu && device != Device::Cpu {
+            // Between two devices: through the host.
+            return self.to_device(Device::Cpu)?.to_device(device);
+        }
         let storage = match device {
             Device::Cuda(n) => Storage::Cuda(cuda::device(n)?.upload(self.host_bytes()?)?),
+            Device::Wgpu(n) => Storage::Wgpu(WgpuBuffer::upload(
+                &portable::device(n)?,
+                self.host_bytes()?,
+            )?),
             Device::Cpu => {
                 let mut host = Storage::host_zeroed(self.byte_range().len());
                 let out = host.bytes_mut().expect("host storage is writable");
-                self.cuda_buffer()?
-                    .device()
-                    .download(self.device_ptr()?, out)?;
+                self.download(out)?;
                 host
             }
         };
@@ -515,10 +531,31 @@ impl Array {
         })
     }
 
+    /// This array's bytes (on a device) copied into `out`, after the work queued there.
+    fn download(&self, out: &mut [u8]) -> Result<()> {
+        match &*self.ready()?.storage {
+            Storage::Wgpu(b) => b.read(self.offset, out),
+            _ => self
+                .cuda_buffer()?
+                .device()
+                .download(self.device_ptr()?, out),
+        }
+    }
+
     /// A zero-filled array on `device`.
     pub fn zeros_on(dtype: DType, shape: &[usize], device: Device) -> Result<Array> {
         match device {
             Device::Cpu => Array::zeros(dtype, shape),
+            Device::Wgpu(n) => Ok(Array {
+                storage: Arc::new(Storage::Wgpu(WgpuBuffer::zeroed(
+                    &portable::device(n)?,
+                    byte_len(dtype, shape)?,
+                )?)),
+                offset: 0,
+                dtype,
+                shape: shape.to_vec(),
+                quant: None,
+            }),
             Device::Cuda(n) => {
                 let a = Array::empty_cuda(&cuda::device(n)?, dtype, shape)?;
                 a.cuda_buffer()?
@@ -539,6 +576,42 @@ impl Array {
                 self.dtype, self.shape
             ))),
         }
+    }
+
+    /// The wgpu buffer behind an array on a wgpu adapter.
+    pub(crate) fn wgpu_buffer(&self) -> Result<&WgpuBuffer> {
+        match &*self.storage {
+            Storage::Wgpu(b) => Ok(b),
+            Storage::Pending(p) => p.value()?.wgpu_buffer(),
+            _ => Err(Error::Device(format!(
+                "a {} {:?} array on {}, not on a wgpu adapter",
+                self.dtype,
+                self.shape,
+                self.device()
+            ))),
+        }
+    }
+
+    /// The wgpu buffer for an in-place write; copies first (on the device) when the
+    /// storage is shared or larger than this array, as [`Array::host_bytes_mut`] does.
+    pub(crate) fn wgpu_buffer_mut(&mut self) -> Result<&WgpuBuffer> {
+        self.settle()?;
+        let len = self.byte_range().len();
+        let whole = self.offset == 0 && len == self.storage.len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
+            let fresh = Array::zeros_on(self.dtype, &self.shape, self.device())?;
+            fresh
+                .wgpu_buffer()?
+                .copy_from(0, self.wgpu_buffer()?, self.offset, len)?;
+            self.storage = fresh.storage;
+            self.offset = 0;
+        }
+        self.wgpu_buffer()
+    }
+
+    /// Where this array starts in its wgpu buffer, in bytes.
+    pub(crate) fn wgpu_offset(&self) -> Result<usize> {
+        Ok(self.ready()?.offset)
     }
 
     /// The device address of this array's first byte.
@@ -623,16 +696,24 @@ impl Array {
             (Storage::Cuda(b), Device::Cuda(_)) => {
                 b.device().copy(b.ptr(), src.device_ptr()?, range.len())
             }
+            (Storage::Wgpu(b), Device::Wgpu(_)) => {
+                b.copy_from(0, src.wgpu_buffer()?, src.wgpu_offset()?, range.len())
+            }
+            (device @ (Storage::Cuda(_) | Storage::Wgpu(_)), _) => {
+                let host = src.to_device(Device::Cpu)?;
+                match device {
+                    Storage::Cuda(b) => b.device().write(b.ptr(), host.host_bytes()?),
+                    Storage::Wgpu(b) => b.write(0, host.host_bytes()?),
+                    _ => unreachable!("matched a device buffer"),
+                }
+            }
             (host, from) => {
                 let dst = host
                     .bytes_mut()
                     .ok_or_else(|| Error::Unsupported("overwriting a mapped array".into()))?;
                 match from {
                     Device::Cpu => dst.copy_from_slice(src.host_bytes()?),
-                    Device::Cuda(_) => {
-                        let buf = src.cuda_buffer()?;
-                        buf.device().download(src.device_ptr()?, dst)?;
-                    }
+                    Device::Cuda(_) | Device::Wgpu(_) => src.download(dst)?,
                 }
                 Ok(())
             }

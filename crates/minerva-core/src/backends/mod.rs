@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod wgpu;
 
 use crate::device_stats::KernelTime;
 use crate::graph::Plan;
@@ -139,6 +140,7 @@ pub(crate) fn backend(device: Device) -> &'static dyn Backend {
     match device {
         Device::Cpu => &cpu::Cpu,
         Device::Cuda(_) => &cuda::Cuda,
+        Device::Wgpu(_) => &wgpu::Wgpu,
     }
 }
 
