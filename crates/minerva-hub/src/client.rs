@@ -134,7 +134,7 @@ impl Hub {
         let files = answer
             .siblings
             .into_iter()
-            .map(|s| remote_file(s, &url))
+            .map(|s| self.remote_file(s, &url, repo_id, &commit))
             .collect::<Result<_>>()?;
         Ok(RepoInfo { commit, files })
     }
@@ -201,28 +201,73 @@ impl Hub {
     }
 }
 
-/// A sibling as a file to fetch: LFS files by sha256, the others by git blob id.
-fn remote_file(sibling: Sibling, url: &Url) -> Result<RemoteFile> {
-    let missing = |what: &str| {
-        HubError::Invalid(format!(
-            "{url}: '{}' has no {what} in the answer",
-            sibling.rfilename
-        ))
-    };
-    let hex = |h: &str, len: usize| h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit());
-    let (size, digest) = match &sibling.lfs {
-        Some(lfs) if hex(&lfs.sha256, 64) => (lfs.size, Digest::Sha256(lfs.sha256.to_lowercase())),
-        Some(_) => return Err(missing("valid lfs.sha256")),
-        None => {
-            let blob = sibling.blob_id.as_deref().filter(|b| hex(b, 40));
-            let blob = blob.ok_or_else(|| missing("valid blobId"))?;
-            let size = sibling.size.ok_or_else(|| missing("size"))?;
-            (size, Digest::GitBlob(blob.to_lowercase()))
+/// Whether `h` is `len` hex digits.
+fn is_hex(h: &str, len: usize) -> bool {
+    h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Hub {
+    /// A sibling as a file to fetch: LFS files by sha256, the others by git blob id. Where
+    /// the answer lacks a git file's id or size, the file's own headers give them (its
+    /// `ETag` is the blob id), as huggingface_hub reads them.
+    fn remote_file(
+        &self,
+        sibling: Sibling,
+        url: &Url,
+        repo_id: &str,
+        commit: &str,
+    ) -> Result<RemoteFile> {
+        let invalid =
+            |what: &str| HubError::Invalid(format!("{url}: '{}' has {what}", sibling.rfilename));
+        let (size, digest) = match (&sibling.lfs, sibling.blob_id.as_deref(), sibling.size) {
+            (Some(lfs), _, _) if is_hex(&lfs.sha256, 64) => {
+                (lfs.size, Digest::Sha256(lfs.sha256.to_lowercase()))
+            }
+            (Some(_), _, _) => return Err(invalid("no valid lfs.sha256")),
+            (None, Some(blob), Some(size)) if is_hex(blob, 40) => {
+                (size, Digest::GitBlob(blob.to_lowercase()))
+            }
+            (None, _, _) => {
+                let (etag, size) = self.head(repo_id, commit, &sibling.rfilename)?;
+                let etag = etag.filter(|e| is_hex(e, 40));
+                let etag =
+                    etag.ok_or_else(|| invalid("no blob id, in the answer or as an ETag"))?;
+                let size = size.or(sibling.size).ok_or_else(|| invalid("no size"))?;
+                (size, Digest::GitBlob(etag.to_lowercase()))
+            }
+        };
+        Ok(RemoteFile {
+            path: sibling.rfilename,
+            size,
+            digest,
+        })
+    }
+
+    /// The `ETag` (unquoted) and `Content-Length` of `path` at `commit`.
+    fn head(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        path: &str,
+    ) -> Result<(Option<String>, Option<u64>)> {
+        let url = self.url(&[], repo_id, &["resolve", commit], path);
+        let mut request = self.http.head(url.clone());
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-    };
-    Ok(RemoteFile {
-        path: sibling.rfilename,
-        size,
-        digest,
-    })
+        let response = request.send().map_err(|source| HubError::Network {
+            url: url.to_string(),
+            source,
+        })?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header("etag").map(|e| e.trim_start_matches("W/").trim_matches('"').to_string());
+        let size = header("content-length").and_then(|l| l.parse().ok());
+        Ok((etag, size))
+    }
 }

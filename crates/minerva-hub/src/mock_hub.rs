@@ -82,6 +82,7 @@ struct Shared {
     faults: Mutex<HashMap<String, Fault>>,
     token: Mutex<Option<String>>,
     log: Mutex<Vec<Logged>>,
+    omit_blob_ids: AtomicBool,
     stalled: Mutex<bool>,
     released: Mutex<bool>,
     wake: Condvar,
@@ -147,6 +148,12 @@ impl MockHub {
     pub fn clear_faults(&self) {
         lock(&self.shared.faults).clear();
         self.release();
+    }
+
+    /// Leaves git files' `blobId` and `size` out of the revision answer, so clients must
+    /// take them from the file's headers (`ETag`, `Content-Length`).
+    pub fn omit_blob_ids(&self) {
+        self.shared.omit_blob_ids.store(true, Ordering::SeqCst);
     }
 
     /// Requires `Authorization: Bearer <token>` on every request.
@@ -218,6 +225,7 @@ impl Shared {
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut line = String::new();
         reader.read_line(&mut line)?;
+        let head_only = line.starts_with("HEAD ");
         let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut headers = HashMap::new();
         loop {
@@ -251,7 +259,7 @@ impl Shared {
         }
         if let Some(sha) = path.strip_prefix("/cdn/") {
             let file = self.find(|f| f.lfs && f.digest().hex() == sha);
-            return self.serve(&mut stream, file, request.range.as_deref());
+            return self.serve(&mut stream, file, request.range.as_deref(), head_only);
         }
         let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
         let [org, name, "resolve", revision, file_path] = parts.as_slice() else {
@@ -265,7 +273,7 @@ impl Shared {
                 let location = format!("http://{addr}/cdn/{}", file.digest().hex());
                 respond(&mut stream, "302 Found", &[("Location", location)], b"")
             }
-            file => self.serve(&mut stream, file, request.range.as_deref()),
+            file => self.serve(&mut stream, file, request.range.as_deref(), head_only),
         }
     }
 
@@ -276,7 +284,8 @@ impl Shared {
             return respond(stream, "404 Not Found", &[], b"{\"error\":\"not found\"}");
         };
         let answer = self.lookup(&format!("{org}/{name}"), revision, |repo| {
-            let siblings: Vec<String> = repo.files.iter().map(sibling_json).collect();
+            let omit = self.omit_blob_ids.load(Ordering::SeqCst);
+            let siblings: Vec<String> = repo.files.iter().map(|f| sibling_json(f, omit)).collect();
             Some(format!(
                 "{{\"sha\":\"{}\",\"siblings\":[{}]}}",
                 repo.commit,
@@ -322,6 +331,7 @@ impl Shared {
         stream: &mut TcpStream,
         file: Option<MockFile>,
         range: Option<&str>,
+        head_only: bool,
     ) -> std::io::Result<()> {
         let Some(file) = file else {
             return respond(stream, "404 Not Found", &[], b"Entry not found");
@@ -349,6 +359,9 @@ impl Shared {
             ));
         }
         write_head(stream, status, &headers, body.len())?;
+        if head_only {
+            return stream.flush();
+        }
         let cut = match fault {
             Some(Fault::CutAfter(n) | Fault::StallAfter(n)) => (n as usize).min(body.len()),
             _ => body.len(),
@@ -367,8 +380,9 @@ impl Shared {
     }
 }
 
-/// One `siblings` entry as the hub writes it with `blobs=true`.
-fn sibling_json(file: &MockFile) -> String {
+/// One `siblings` entry as the hub writes it with `blobs=true` (a git file's id and size
+/// left out where `omit`).
+fn sibling_json(file: &MockFile, omit: bool) -> String {
     let size = file.bytes.len();
     let path = serde_json::to_string(&file.path).unwrap_or_default();
     match file.lfs {
@@ -377,6 +391,7 @@ fn sibling_json(file: &MockFile) -> String {
             "0".repeat(40),
             file.digest().hex()
         ),
+        false if omit => format!("{{\"rfilename\":{path}}}"),
         false => format!(
             "{{\"rfilename\":{path},\"size\":{size},\"blobId\":\"{}\"}}",
             file.digest().hex()

@@ -294,3 +294,19 @@ fn unknown_repositories_and_names_are_clear_errors() {
     );
     assert!(Hub::new("ftp://example.com", None).is_err());
 }
+
+#[test]
+fn git_files_without_ids_in_the_answer_take_them_from_their_headers() {
+    let hub = MockHub::start();
+    let files = tiny_model();
+    hub.add_repo(REPO, &["main"], files.clone());
+    hub.omit_blob_ids();
+    let cache = scratch_dir("etags");
+    let client = Hub::new(&hub.endpoint(), None).unwrap();
+    let pulled = pull_quietly(&client, &cache, REPO).unwrap();
+    for file in [&files[0], &files[2]] {
+        let link = std::fs::read_link(pulled.snapshot.join(&file.path)).unwrap();
+        assert_eq!(link, Path::new("../../blobs").join(file.digest().hex()));
+        assert!(std::fs::read(pulled.snapshot.join(&file.path)).unwrap() == file.bytes[..]);
+    }
+}

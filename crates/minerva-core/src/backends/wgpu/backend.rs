@@ -71,7 +71,7 @@ impl Backend for Wgpu {
             DType::Q8_0 => "embed_q8_0",
             other => return Err(Error::Unsupported(format!("embedding with {other} table"))),
         };
-        if tokens == 0 {
+        if tokens * d == 0 {
             return Ok(out);
         }
         let (ids_buf, ids_at) = operand(ids)?;
