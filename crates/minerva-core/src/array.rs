@@ -454,14 +454,6 @@ impl Array {
         self.offset..self.offset + len
     }
 
-    /// The storage, where this array is all of it and its only holder: writing it in place
-    /// changes no other array.
-    fn owned_storage(&mut self) -> Option<&mut Storage> {
-        let range = self.byte_range();
-        let whole = range.start == 0 && range.end == self.storage.len();
-        Arc::get_mut(&mut self.storage).filter(|_| whole)
-    }
-
     /// Raw bytes of the array; an error for an array in GPU memory (see [`Array::to_device`]).
     pub fn host_bytes(&self) -> Result<&[u8]> {
         let this = self.ready()?;
@@ -541,9 +533,8 @@ impl Array {
 
     /// This array's bytes (on a device) copied into `out`, after the work queued there.
     fn download(&self, out: &mut [u8]) -> Result<()> {
-        let this = self.ready()?;
-        match &*this.storage {
-            Storage::Wgpu(b) => b.read(this.offset, out),
+        match &*self.ready()?.storage {
+            Storage::Wgpu(b) => b.read(self.offset, out),
             _ => self
                 .cuda_buffer()?
                 .device()
@@ -606,7 +597,8 @@ impl Array {
     pub(crate) fn wgpu_buffer_mut(&mut self) -> Result<&WgpuBuffer> {
         self.settle()?;
         let len = self.byte_range().len();
-        if self.owned_storage().is_none() {
+        let whole = self.offset == 0 && len == self.storage.len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
             let fresh = Array::zeros_on(self.dtype, &self.shape, self.device())?;
             fresh
                 .wgpu_buffer()?
@@ -633,7 +625,8 @@ impl Array {
     pub(crate) fn device_ptr_mut(&mut self) -> Result<u64> {
         self.settle()?;
         let len = self.byte_range().len();
-        if self.owned_storage().is_none() {
+        let whole = self.offset == 0 && len == self.storage.len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
             let device = Arc::clone(self.cuda_buffer()?.device());
             let fresh = Array::empty_cuda(&device, self.dtype, &self.shape)?;
             device.copy(fresh.device_ptr()?, self.device_ptr()?, len)?;
@@ -647,7 +640,9 @@ impl Array {
     /// or larger than the array (a view).
     pub fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
         self.settle()?;
-        if self.owned_storage().is_none_or(|s| s.bytes_mut().is_none()) {
+        let range = self.byte_range();
+        let whole = range.start == 0 && range.end == self.storage.len();
+        if !whole || Arc::get_mut(&mut self.storage).is_none_or(|s| s.bytes_mut().is_none()) {
             let bytes = self.host_bytes()?;
             let mut fresh = Storage::host_zeroed(bytes.len());
             fresh
@@ -679,23 +674,30 @@ impl Array {
     /// other arrays, and a copy would move the address).
     pub fn overwrite(&mut self, src: &Array) -> Result<()> {
         self.settle()?;
-        let len = self.byte_range().len();
+        let range = self.byte_range();
+        let whole = range.start == 0 && range.end == self.storage.len();
         if src.dtype != self.dtype || src.shape != self.shape || self.quant.is_some() {
             return Err(Error::Shape(format!(
                 "overwrite: a {} {:?} array with a {} {:?} one",
                 self.dtype, self.shape, src.dtype, src.shape
             )));
         }
-        let shape = format!("{:?}", self.shape);
-        let Some(storage) = self.owned_storage() else {
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
             return Err(Error::Shape(format!(
-                "overwrite: the {shape} array shares its buffer"
+                "overwrite: the {:?} array shares its buffer",
+                self.shape
             )));
-        };
-        match (storage, src.device()) {
-            (Storage::Cuda(b), Device::Cuda(_)) => b.device().copy(b.ptr(), src.device_ptr()?, len),
+        }
+        match (
+            Arc::get_mut(&mut self.storage).expect("checked unique"),
+            src.device(),
+        ) {
+            (Storage::Cuda(b), Device::Cpu) => b.device().write(b.ptr(), src.host_bytes()?),
+            (Storage::Cuda(b), Device::Cuda(_)) => {
+                b.device().copy(b.ptr(), src.device_ptr()?, range.len())
+            }
             (Storage::Wgpu(b), Device::Wgpu(_)) => {
-                b.copy_from(0, src.wgpu_buffer()?, src.wgpu_offset()?, len)
+                b.copy_from(0, src.wgpu_buffer()?, src.wgpu_offset()?, range.len())
             }
             (device @ (Storage::Cuda(_) | Storage::Wgpu(_)), _) => {
                 let host = src.to_device(Device::Cpu)?;

@@ -6,7 +6,7 @@
 //! array sizes in the slot after them, bounds checks on. Compiling the MSL needs Apple's
 //! compiler and is not done here (README: how a Mac runs the wgpu tests).
 
-use minerva_core::backends::wgpu::{kernel_modules, module_source};
+use minerva_core::backends::wgpu::{module_source, KERNELS};
 use naga::back::msl;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -48,7 +48,7 @@ fn metal_bindings(module: &naga::Module) -> msl::EntryPointResourceMap {
 #[test]
 fn every_kernel_translates_to_msl_and_spirv() {
     let mut entries = 0;
-    for name in kernel_modules() {
+    for name in KERNELS {
         let source = module_source(name).expect("a listed module");
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&source)));

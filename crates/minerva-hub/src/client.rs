@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{AUTHORIZATION, RANGE};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use crate::digest::Digest;
@@ -113,18 +113,23 @@ impl Hub {
         })
     }
 
+    /// The endpoint, for messages.
+    pub fn endpoint(&self) -> &str {
+        self.endpoint.as_str().trim_end_matches('/')
+    }
+
     /// The files of `revision` of the model repository `repo_id` (`ORG/NAME`).
     pub fn repo_info(&self, repo_id: &str, revision: &str) -> Result<RepoInfo> {
         let mut url = self.url(&["api", "models"], repo_id, &["revision", revision], "");
         url.set_query(Some("blobs=true"));
-        let response = self.send(Method::GET, &url, 0)?;
+        let response = self.send(&url, 0)?;
         let answer: RevisionAnswer = response.json().map_err(|source| HubError::Network {
             url: url.to_string(),
             source,
         })?;
         let commit = answer
             .sha
-            .filter(|c| is_hex(c, 40))
+            .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| HubError::Invalid(format!("{url}: no commit sha in the answer")))?;
         let files = answer
             .siblings
@@ -143,12 +148,8 @@ impl Hub {
         path: &str,
         start: u64,
     ) -> Result<Response> {
-        self.send(Method::GET, &self.file_url(repo_id, commit, path), start)
-    }
-
-    /// Where `path` at `commit` downloads from.
-    fn file_url(&self, repo_id: &str, commit: &str, path: &str) -> Url {
-        self.url(&[], repo_id, &["resolve", commit], path)
+        let url = self.url(&[], repo_id, &["resolve", commit], path);
+        self.send(&url, start)
     }
 
     /// `endpoint/prefix.../ORG/NAME/middle.../path`, each segment escaped.
@@ -166,10 +167,8 @@ impl Hub {
         url
     }
 
-    /// A `method` request for `url` (from byte `start` where that is not 0), with the token;
-    /// an error status is an error naming what it likely means.
-    fn send(&self, method: Method, url: &Url, start: u64) -> Result<Response> {
-        let mut request = self.http.request(method, url.clone());
+    fn send(&self, url: &Url, start: u64) -> Result<Response> {
+        let mut request = self.http.get(url.clone());
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -200,7 +199,14 @@ impl Hub {
             hint: hint.into(),
         })
     }
+}
 
+/// Whether `h` is `len` hex digits.
+fn is_hex(h: &str, len: usize) -> bool {
+    h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Hub {
     /// A sibling as a file to fetch: LFS files by sha256, the others by git blob id. Where
     /// the answer lacks a git file's id or size, the file's own headers give them (its
     /// `ETag` is the blob id), as huggingface_hub reads them.
@@ -244,7 +250,15 @@ impl Hub {
         commit: &str,
         path: &str,
     ) -> Result<(Option<String>, Option<u64>)> {
-        let response = self.send(Method::HEAD, &self.file_url(repo_id, commit, path), 0)?;
+        let url = self.url(&[], repo_id, &["resolve", commit], path);
+        let mut request = self.http.head(url.clone());
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = request.send().map_err(|source| HubError::Network {
+            url: url.to_string(),
+            source,
+        })?;
         let header = |name: &str| {
             response
                 .headers()
@@ -256,9 +270,4 @@ impl Hub {
         let size = header("content-length").and_then(|l| l.parse().ok());
         Ok((etag, size))
     }
-}
-
-/// Whether `h` is `len` hex digits.
-fn is_hex(h: &str, len: usize) -> bool {
-    h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit())
 }

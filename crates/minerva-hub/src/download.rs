@@ -121,7 +121,7 @@ impl Partial {
         };
         let present = file.metadata().at(path)?.len();
         if present > remote.size {
-            partial.restart(remote).at(path)?;
+            partial.restart().at(path)?;
             return Ok(partial);
         }
         let mut buffer = vec![0u8; 1 << 20];
@@ -137,10 +137,9 @@ impl Partial {
     }
 
     /// Drops what is there and starts over (the server would not resume).
-    fn restart(&mut self, remote: &RemoteFile) -> std::io::Result<()> {
+    fn restart(&mut self) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.done = 0;
-        self.hasher = remote.digest.hasher(remote.size);
         Ok(())
     }
 
@@ -164,7 +163,8 @@ impl Partial {
         };
         if self.done > 0 && response.status() != StatusCode::PARTIAL_CONTENT {
             // The whole file came instead of the rest: take it from the start.
-            self.restart(file).map_err(disk)?;
+            self.restart().map_err(disk)?;
+            self.hasher = file.digest.hasher(file.size);
         }
         let mut buffer = vec![0u8; 1 << 20];
         loop {

@@ -14,42 +14,45 @@ use wgpu::util::DeviceExt;
 use super::{WgpuBuffer, WgpuDevice};
 use crate::Result;
 
-/// Helpers for reading packed weights, prepended to the modules that use them (WGSL has
-/// no includes).
-const BLOCKS: &str = include_str!("kernels/blocks.wgsl");
-
-/// Every kernel module: its name, its WGSL, and the helpers it uses.
-const MODULES: [(&str, &str, Option<&str>); 6] = [
-    ("argmax", include_str!("kernels/argmax.wgsl"), None),
-    (
-        "top_k_softmax",
-        include_str!("kernels/top_k_softmax.wgsl"),
-        None,
-    ),
-    (
-        "weighted_sum",
-        include_str!("kernels/weighted_sum.wgsl"),
-        None,
-    ),
-    ("layout", include_str!("kernels/layout.wgsl"), None),
-    (
-        "embedding",
-        include_str!("kernels/embedding.wgsl"),
-        Some(BLOCKS),
-    ),
-    ("rope", include_str!("kernels/rope.wgsl"), None),
+/// Every kernel module, by name: what the pipelines compile (see [`module_source`]) and
+/// what the naga test translates to MSL and SPIR-V.
+pub const KERNELS: [&str; 6] = [
+    "argmax",
+    "top_k_softmax",
+    "weighted_sum",
+    "layout",
+    "embedding",
+    "rope",
 ];
 
-/// The names of the kernel modules: what the pipelines compile (see [`module_source`]) and
-/// what the naga test translates to MSL and SPIR-V.
-pub fn kernel_modules() -> impl Iterator<Item = &'static str> {
-    MODULES.iter().map(|(name, _, _)| *name)
+/// The sources: modules, and helpers (`blocks`: reading packed weights) that modules using
+/// them get prepended, since WGSL has no includes.
+const SOURCES: [(&str, &str); 7] = [
+    ("argmax", include_str!("kernels/argmax.wgsl")),
+    ("top_k_softmax", include_str!("kernels/top_k_softmax.wgsl")),
+    ("weighted_sum", include_str!("kernels/weighted_sum.wgsl")),
+    ("layout", include_str!("kernels/layout.wgsl")),
+    ("embedding", include_str!("kernels/embedding.wgsl")),
+    ("rope", include_str!("kernels/rope.wgsl")),
+    ("blocks", include_str!("kernels/blocks.wgsl")),
+];
+
+/// The helpers each module uses.
+const USES: [(&str, &str); 1] = [("embedding", "blocks")];
+
+fn source(name: &str) -> Option<&'static str> {
+    SOURCES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
 /// The WGSL module `name` compiles: the helpers it uses, then its own kernels.
 pub fn module_source(name: &str) -> Option<String> {
-    let (_, own, helpers) = MODULES.iter().find(|(n, _, _)| *n == name)?;
-    Some(helpers.map_or(String::new(), |h| format!("{h}\n")) + own)
+    let own = KERNELS.contains(&name).then(|| source(name)).flatten()?;
+    let mut text = String::new();
+    for (_, helper) in USES.iter().filter(|(n, _)| *n == name) {
+        text += source(helper)?;
+        text += "\n";
+    }
+    Some(text + own)
 }
 
 /// Compiled pipelines of a device.

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 
 pub(crate) use backend::Wgpu;
 pub(crate) use buffer::WgpuBuffer;
-pub use dispatch::{kernel_modules, module_source};
+pub use dispatch::{module_source, KERNELS};
 
 /// One adapter, opened.
 pub struct WgpuDevice {
@@ -33,6 +33,11 @@ impl WgpuDevice {
         format!("{} ({:?})", self.info.name, self.info.backend)
     }
 
+    /// Whether the adapter computes on the CPU (lavapipe, WARP): correct, not fast.
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
@@ -45,27 +50,18 @@ impl WgpuDevice {
     }
 }
 
-/// An adapter, and the device opened on it at first use (or why it could not be).
-struct Slot {
-    adapter: wgpu::Adapter,
-    opened: OnceLock<std::result::Result<Arc<WgpuDevice>, String>>,
-}
+/// An adapter once opened, or why it could not be.
+type Opened = OnceLock<std::result::Result<Arc<WgpuDevice>, String>>;
 
-/// The adapters, best first (discrete, integrated, virtual, then CPU ones), found once; or
-/// why there are none.
-fn adapters() -> &'static std::result::Result<Vec<Slot>, String> {
-    static ADAPTERS: OnceLock<std::result::Result<Vec<Slot>, String>> = OnceLock::new();
+/// The adapters, best first (discrete, integrated, virtual, then CPU ones), each opened at
+/// first use; or why there are none.
+fn adapters() -> &'static std::result::Result<Vec<Opened>, String> {
+    static ADAPTERS: OnceLock<std::result::Result<Vec<Opened>, String>> = OnceLock::new();
     ADAPTERS.get_or_init(|| {
         let found = found_adapters();
         match found.is_empty() {
             true => Err("no Vulkan, Metal or DX12 adapter (install a GPU driver, or Mesa's lavapipe: scripts/install-lavapipe)".into()),
-            false => Ok(found
-                .into_iter()
-                .map(|adapter| Slot {
-                    adapter,
-                    opened: OnceLock::new(),
-                })
-                .collect()),
+            false => Ok(found.iter().map(|_| OnceLock::new()).collect()),
         }
     })
 }
@@ -104,23 +100,35 @@ pub fn device(ordinal: usize) -> Result<Arc<WgpuDevice>> {
             slots.len()
         ))
     })?;
-    slot.opened
-        .get_or_init(|| open(ordinal, &slot.adapter))
+    let message = |e: Error| match e {
+        Error::Device(m) => m,
+        other => other.to_string(),
+    };
+    slot.get_or_init(|| open(ordinal).map_err(message))
         .clone()
         .map_err(Error::Device)
 }
 
-/// The device and queue of `adapter`, or why they could not be had.
-fn open(ordinal: usize, adapter: &wgpu::Adapter) -> std::result::Result<Arc<WgpuDevice>, String> {
+/// How many adapters there are (0 where wgpu finds none).
+pub fn device_count() -> usize {
+    adapters().as_ref().map_or(0, Vec::len)
+}
+
+fn open(ordinal: usize) -> Result<Arc<WgpuDevice>> {
+    let adapter = found_adapters()
+        .into_iter()
+        .nth(ordinal)
+        .ok_or_else(|| Error::Device(format!("wgpu:{ordinal}: the adapter went away")))?;
     let info = adapter.get_info();
+    let limits = adapter.limits();
     let descriptor = wgpu::DeviceDescriptor {
         label: Some("minerva"),
         // The adapter's own limits: model weights need the largest buffers it allows.
-        required_limits: adapter.limits(),
+        required_limits: limits,
         ..Default::default()
     };
     let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
-        .map_err(|e| format!("wgpu:{ordinal} ({}): opening it: {e}", info.name))?;
+        .map_err(|e| Error::Device(format!("wgpu:{ordinal} ({}): opening it: {e}", info.name)))?;
     Ok(Arc::new(WgpuDevice {
         ordinal,
         info,
